@@ -7,8 +7,8 @@ gateway lives in :mod:`ssegate.gateway`.
 
 from ._errors import (
     EmitterClosedError,
-    SseProtocolError,
     SsegateError,
+    SseProtocolError,
     StoreError,
     StoreFullError,
     StoreUnavailableError,

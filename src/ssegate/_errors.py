@@ -11,7 +11,8 @@ them into an ``error`` event without a lookup table::
     │   ├── UpstreamConnectError      code="upstream_unreachable"  (retryable)
     │   ├── UpstreamTimeoutError      code="upstream_timeout"      (retryable)
     │   ├── UpstreamHTTPError         code by status: upstream_auth, upstream_not_found,
-    │   │                             upstream_rate_limited, upstream_unavailable, upstream_bad_request
+    │   │                             upstream_rate_limited, upstream_unavailable,
+    │   │                             upstream_bad_request
     │   ├── UpstreamProtocolError     code="upstream_protocol"  malformed or truncated stream
     │   └── UpstreamStreamError       code from the provider's in-stream error object
     └── StoreError                    code="store_error"

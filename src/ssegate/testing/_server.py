@@ -31,6 +31,18 @@ class RunningServer:
         return not self.thread.is_alive()
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling a thread when it listens (uvicorn has no event for it)."""
+
+    def __init__(self, config: uvicorn.Config, ready: threading.Event) -> None:
+        super().__init__(config)
+        self._ready = ready
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        self._ready.set()
+
+
 @contextmanager
 def run_server(app: Any, **config: Any) -> Iterator[RunningServer]:
     """Serve ``app`` on a free loopback port for the duration of the ``with`` block.
@@ -40,8 +52,8 @@ def run_server(app: Any, **config: Any) -> Iterator[RunningServer]:
     config.setdefault("log_level", "warning")
     config.setdefault("lifespan", "on")
     cfg = uvicorn.Config(app, host="127.0.0.1", port=0, **config)
-    server = uvicorn.Server(cfg)
     ready = threading.Event()
+    server = _Server(cfg, ready)
     holder: dict[str, Any] = {}
 
     def _run() -> None:
@@ -49,15 +61,8 @@ def run_server(app: Any, **config: Any) -> Iterator[RunningServer]:
         holder["loop"] = loop
         asyncio.set_event_loop(loop)
 
-        async def _serve() -> None:
-            serve = loop.create_task(server.serve())
-            while not server.started and not serve.done():
-                await asyncio.sleep(0.01)  # uvicorn exposes no started event to await
-            ready.set()
-            await serve
-
         try:
-            loop.run_until_complete(_serve())
+            loop.run_until_complete(server.serve())
         finally:
             ready.set()
             loop.close()

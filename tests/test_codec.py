@@ -1,0 +1,285 @@
+"""The SSE codec against the WHATWG "Interpreting an event stream" rules."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ssegate import Decoder, ServerSentEvent, SseProtocolError, encode, encode_comment
+
+
+def decode_all(data: bytes) -> list[ServerSentEvent]:
+    return Decoder().feed(data)
+
+
+def decode_bytewise(data: bytes) -> list[ServerSentEvent]:
+    decoder = Decoder()
+    out: list[ServerSentEvent] = []
+    for i in range(len(data)):
+        out += decoder.feed(data[i : i + 1])
+    return out
+
+
+# --- decoding ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n", b"\r"])
+def test_every_line_ending_is_a_line_ending(eol: bytes) -> None:
+    data = b"data: a" + eol + b"data: b" + eol + eol
+    for decode in (decode_all, decode_bytewise):
+        assert decode(data) == [ServerSentEvent(data="a\nb", event="message")]
+
+
+def test_mixed_line_endings_and_crlf_split_across_feeds() -> None:
+    decoder = Decoder()
+    assert decoder.feed(b"data: one\r") == []
+    # The LF completes the CRLF of the line above; it is not a blank line.
+    assert decoder.feed(b"\n") == []
+    assert decoder.feed(b"data: two\n\r") == [ServerSentEvent(data="one\ntwo", event="message")]
+    assert decoder.feed(b"\ndata: three\r\r") == [ServerSentEvent(data="three", event="message")]
+
+
+def test_cr_then_lf_in_next_feed_is_one_line_ending_not_a_blank_line() -> None:
+    decoder = Decoder()
+    assert decoder.feed(b"data: x\r") == []
+    assert decoder.feed(b"\n") == []
+    assert decoder.feed(b"\r\n") == [ServerSentEvent(data="x", event="message")]
+
+
+def test_event_is_dispatched_by_the_feed_that_completes_its_blank_line() -> None:
+    decoder = Decoder()
+    assert decoder.feed(b"data: x\n") == []
+    # A lone CR completes the blank line; nothing is held back waiting for a possible LF.
+    assert decoder.feed(b"\r") == [ServerSentEvent(data="x", event="message")]
+
+
+def test_bom_is_stripped_only_at_stream_start() -> None:
+    assert decode_all(b"\xef\xbb\xbfdata: a\n\n") == [ServerSentEvent(data="a", event="message")]
+    assert decode_bytewise(b"\xef\xbb\xbfdata: a\n\n") == [
+        ServerSentEvent(data="a", event="message")
+    ]
+    # A second BOM is part of the data; a BOM in the middle is a field name character.
+    assert decode_all(b"\xef\xbb\xbf\xef\xbb\xbfdata: a\n\n") == []
+    assert decode_all(b"data: \xef\xbb\xbfa\n\n") == [
+        ServerSentEvent(data="\ufeffa", event="message")
+    ]
+
+
+def test_multibyte_characters_split_across_feeds() -> None:
+    payload = "你好，世界 👋🏽 émoji".encode()
+    data = b"data: " + payload + b"\n\n"
+    assert decode_bytewise(data) == [ServerSentEvent(data="你好，世界 👋🏽 émoji", event="message")]
+
+
+def test_invalid_utf8_becomes_replacement_character() -> None:
+    assert decode_all(b"data: a\xffb\xc3\n\n") == [
+        ServerSentEvent(data="a\ufffdb\ufffd", event="message")
+    ]
+
+
+def test_field_parsing_rules() -> None:
+    data = (
+        b": a comment\n"
+        b"data\n"  # no colon: field name is the whole line, value empty
+        b"data:no-space\n"
+        b"data:  two-spaces\n"  # only one leading space is removed
+        b"unknown: ignored\n"
+        b"event: custom\n"
+        b"\n"
+    )
+    assert decode_all(data) == [ServerSentEvent(data="\nno-space\n two-spaces", event="custom")]
+
+
+def test_empty_data_buffer_dispatches_nothing_and_type_resets() -> None:
+    decoder = Decoder()
+    assert decoder.feed(b"event: x\n\n") == []
+    assert decoder.feed(b"data: y\n\n") == [ServerSentEvent(data="y", event="message")]
+
+
+def test_data_field_with_empty_value_dispatches_empty_string() -> None:
+    assert decode_all(b"data\n\n") == [ServerSentEvent(data="", event="message")]
+    assert decode_all(b"data:\n\n") == [ServerSentEvent(data="", event="message")]
+
+
+def test_last_event_id_persists_and_nul_ids_are_ignored() -> None:
+    decoder = Decoder()
+    events = decoder.feed(b"id: 1\ndata: a\n\ndata: b\n\nid: 2\x003\ndata: c\n\n")
+    assert [e.id for e in events] == ["1", "1", "1"]
+    assert decoder.last_event_id == "1"
+    # A blank line with no data still sets the last event id.
+    assert decoder.feed(b"id: 7\n\n") == []
+    assert decoder.last_event_id == "7"
+    # An empty id resets it.
+    assert decoder.feed(b"id\ndata: d\n\n") == [ServerSentEvent(data="d", event="message")]
+    assert decoder.last_event_id == ""
+
+
+def test_retry_only_when_all_ascii_digits() -> None:
+    decoder = Decoder()
+    decoder.feed(b"retry: 1500\n\n")
+    assert decoder.retry == 1500
+    for bad in (b"retry: 15x\n\n", b"retry: -1\n\n", b"retry:\n\n", b"retry: \xd9\xa3\n\n"):
+        decoder.feed(bad)
+        assert decoder.retry == 1500
+    assert decoder.feed(b"retry: 20\ndata: z\n\n") == [
+        ServerSentEvent(data="z", event="message", retry=20)
+    ]
+
+
+def test_unterminated_last_event_is_never_dispatched() -> None:
+    decoder = Decoder()
+    assert decoder.feed(b"data: complete\n\ndata: incomplete\n") == [
+        ServerSentEvent(data="complete", event="message")
+    ]
+    assert decoder.feed(b"") == []
+
+
+def test_line_and_event_sizes_are_bounded() -> None:
+    decoder = Decoder(max_line_size=100)
+    for _ in range(10):
+        decoder.feed(b"x" * 10)
+    with pytest.raises(SseProtocolError):
+        decoder.feed(b"x" * 10)
+    decoder = Decoder(max_event_size=100)
+    with pytest.raises(SseProtocolError):
+        decoder.feed(b"data: 0123456789\n" * 20)
+
+
+def test_default_bounds_take_a_one_mebibyte_event() -> None:
+    payload = "x" * (1024 * 1024)
+    assert decode_all(encode(ServerSentEvent(data=payload))) == [
+        ServerSentEvent(data=payload, event="message")
+    ]
+
+
+# --- encoding ---------------------------------------------------------------------------------
+
+
+def test_encode_fields_in_order() -> None:
+    event = ServerSentEvent(data="hi", event="delta", id="3", retry=1000, comment="c")
+    assert encode(event) == b": c\nid: 3\nevent: delta\nretry: 1000\ndata: hi\n\n"
+
+
+@pytest.mark.parametrize("text", ["a\nb", "a\r\nb", "a\rb", "a\n\nb\n"])
+def test_multiline_data_is_split_on_every_line_ending(text: str) -> None:
+    encoded = encode(ServerSentEvent(data=text))
+    assert b"\r" not in encoded
+    assert encoded.count(b"\n\n") == 1
+    assert encoded.endswith(b"\n\n")
+    expected = re.sub(r"\r\n|\r", "\n", text)
+    assert decode_all(encoded) == [ServerSentEvent(data=expected, event="message")]
+
+
+def test_data_cannot_inject_another_event() -> None:
+    hostile = "x\n\nevent: evil\ndata: injected\r\rid: 9"
+    assert [e.data for e in decode_all(encode(ServerSentEvent(data=hostile)))] == [
+        "x\n\nevent: evil\ndata: injected\n\nid: 9"
+    ]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"event": "a\nb"},
+        {"event": "a\rb"},
+        {"id": "1\n2"},
+        {"id": "1\r"},
+        {"id": "1\x002"},
+        {"retry": -1},
+        {"retry": 1.5},
+        {"retry": True},
+        {"retry": "10"},
+    ],
+)
+def test_illegal_events_cannot_be_built(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="must"):
+        ServerSentEvent(data="x", **kwargs)  # type: ignore[arg-type]
+
+
+def test_comment_and_heartbeat() -> None:
+    assert encode_comment("ping") == b": ping\n\n"
+    assert encode(ServerSentEvent(comment="a\nb")) == b": a\n: b\n\n"
+    assert decode_all(encode_comment("ping") + encode(ServerSentEvent(data="x"))) == [
+        ServerSentEvent(data="x", event="message")
+    ]
+
+
+def test_codec_is_sans_io() -> None:
+    code = (
+        "import sys, ssegate.codec\n"
+        "bad = [m for m in ('asyncio', 'anyio', 'starlette', 'httpx', 'uvicorn', 'trio')"
+        " if m in sys.modules]\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == ""
+
+
+# --- properties -------------------------------------------------------------------------------
+
+_field_text = st.text(
+    alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\r\n"), max_size=20
+)
+_events = st.builds(
+    ServerSentEvent,
+    data=st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=60),
+    event=st.one_of(st.none(), _field_text.filter(bool)),
+    id=st.one_of(st.none(), _field_text.filter(lambda s: bool(s) and "\0" not in s)),
+    retry=st.one_of(st.none(), st.integers(min_value=0, max_value=10**9)),
+    comment=st.one_of(st.none(), st.text(max_size=10, alphabet="ab\n: ")),
+)
+
+
+def _expected(event: ServerSentEvent, last_id: str | None) -> ServerSentEvent:
+    assert event.data is not None
+    return ServerSentEvent(
+        data=re.sub(r"\r\n|\r", "\n", event.data),
+        event=event.event or "message",
+        id=event.id if event.id is not None else last_id,
+        retry=event.retry,
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(events=st.lists(_events, max_size=8), cuts=st.lists(st.integers(min_value=0), max_size=12))
+def test_any_events_round_trip_under_any_split(
+    events: list[ServerSentEvent], cuts: list[int]
+) -> None:
+    data = b"".join(encode(e) for e in events)
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    decoder = Decoder()
+    decoded: list[ServerSentEvent] = []
+    for start, end in itertools.pairwise(points):
+        decoded += decoder.feed(data[start:end])
+    expected = []
+    last_id: str | None = None
+    for e in events:
+        if e.id is not None:
+            last_id = e.id
+        expected.append(_expected(e, last_id))
+    assert decoded == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=300), cuts=st.lists(st.integers(min_value=0), max_size=10))
+def test_arbitrary_bytes_never_raise_and_split_does_not_matter(
+    data: bytes, cuts: list[int]
+) -> None:
+    whole = Decoder()
+    expected = whole.feed(data)
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    split = Decoder()
+    got: list[ServerSentEvent] = []
+    for start, end in itertools.pairwise(points):
+        got += split.feed(data[start:end])
+    assert got == expected
+    assert split.last_event_id == whole.last_event_id
+    assert split.retry == whole.retry
