@@ -1,0 +1,7 @@
+"""The gateway's routers."""
+
+from ._learn import router as learn_router
+from ._ops import router as ops_router
+from ._streams import router as streams_router
+
+__all__ = ["learn_router", "ops_router", "streams_router"]

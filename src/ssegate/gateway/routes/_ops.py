@@ -1,0 +1,30 @@
+"""Operations: ``/healthz`` (the process answers), ``/readyz`` (it should get traffic)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import JSONResponse
+
+from .._state import state_of
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", summary="Liveness")
+async def healthz() -> dict[str, str]:
+    """200 while the process serves HTTP."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Readiness", response_model=None)
+async def readyz(request: Request) -> JSONResponse:
+    """200 when the gateway should get new streams; 503 while draining or the store is down."""
+    state = state_of(request)
+    checks = await state.readiness()
+    ready = all(checks.values())
+    return JSONResponse(
+        {"status": "ready" if ready else "unready", "checks": checks},
+        status_code=200 if ready else 503,
+    )
