@@ -18,7 +18,11 @@ them into an ``error`` event without a lookup table::
     └── StoreError                    code="store_error"
         ├── StreamNotFoundError       code="not_found"
         ├── StoreUnavailableError     code="store_unavailable"  (retryable)
-        └── StoreFullError            code="store_full"         (retryable)
+        ├── StoreFullError            code="store_full"         (retryable)
+        ├── StreamGapError            code="gap"            events after Last-Event-ID trimmed
+        ├── ProducerLostError         code="producer_lost"  the producer's lease expired
+        └── IllegalTransitionError    code="illegal_transition"
+    ShuttingDownError                 code="shutting_down"  (retryable) draining, no new work
 
 Lower-layer exceptions (httpx, redis) are translated into these at the module that talks to
 that layer and never travel further.
@@ -28,11 +32,15 @@ from __future__ import annotations
 
 __all__ = [
     "EmitterClosedError",
+    "IllegalTransitionError",
+    "ProducerLostError",
+    "ShuttingDownError",
     "SseProtocolError",
     "SsegateError",
     "StoreError",
     "StoreFullError",
     "StoreUnavailableError",
+    "StreamGapError",
     "StreamNotFoundError",
     "UpstreamConnectError",
     "UpstreamError",
@@ -169,4 +177,42 @@ class StoreFullError(StoreError):
     """The store holds as many streams as it may."""
 
     code = "store_full"
+    retryable = True
+
+
+class StreamGapError(StoreError):
+    """Events after ``after`` are no longer kept (the stream was capped and trimmed).
+
+    ``first_id`` is the oldest id still kept. A resuming client is told so (an ``error`` event
+    with code ``gap``) rather than silently missing events.
+    """
+
+    code = "gap"
+
+    def __init__(self, stream_id: str, *, after: int, first_id: int):
+        super().__init__(
+            f"stream {stream_id}: events after id {after} are no longer kept "
+            f"(the oldest kept id is {first_id})"
+        )
+        self.stream_id = stream_id
+        self.after = after
+        self.first_id = first_id
+
+
+class ProducerLostError(StoreError):
+    """The stream is still ``running`` but its producer's lease expired: no event will come."""
+
+    code = "producer_lost"
+
+
+class IllegalTransitionError(StoreError):
+    """A status transition the table forbids, e.g. appending to a finished stream."""
+
+    code = "illegal_transition"
+
+
+class ShuttingDownError(SsegateError):
+    """No new generation: the gateway is draining or closed."""
+
+    code = "shutting_down"
     retryable = True
