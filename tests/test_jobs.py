@@ -257,7 +257,7 @@ async def test_cancel_closes_the_provider_promptly(via: str) -> None:
         assert await jobs.cancel(info.id) is False  # already finished
         with pytest.raises(StreamNotFoundError):
             await jobs.cancel("st_unknown")
-    assert shape(events)[1:] == [(2, "delta", {"text": "a"}), (3, "cancelled", {})]
+    assert shape(events)[1:] == [(2, "delta", {"text": "a"}), (3, "cancelled", {"cause": "client"})]
     assert final.status is StreamStatus.CANCELLED
     assert final.cause == "client"
     assert final.cancel_requested

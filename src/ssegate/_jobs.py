@@ -318,7 +318,11 @@ class JobManager:
                     outcome = _internal_error()
         finally:
             if outcome is None:  # cancelled from outside: app shutdown
-                outcome = _Outcome(StreamStatus.CANCELLED, {}, cause=job.cause or "shutdown")
+                outcome = _Outcome(
+                    StreamStatus.CANCELLED,
+                    {"cause": job.cause or "shutdown"},
+                    cause=job.cause or "shutdown",
+                )
             with anyio.CancelScope(shield=True) as scope:
                 scope.deadline = anyio.current_time() + CLEANUP_TIMEOUT
                 await self._finish(job, outcome)
@@ -373,7 +377,9 @@ class JobManager:
                 return _internal_error(usage)
         # The scope was cancelled (what the provider raised while closing doesn't matter).
         if job.cause is not None:
-            return _Outcome(StreamStatus.CANCELLED, {}, usage=usage, cause=job.cause)
+            return _Outcome(
+                StreamStatus.CANCELLED, {"cause": job.cause}, usage=usage, cause=job.cause
+            )
         error = {
             "code": "timeout",
             "message": "the generation ran longer than its time limit",

@@ -68,6 +68,13 @@ def main() -> None:
     "never a flag, never logged, never sent to clients).",
 )
 @_option(
+    "--model-map",
+    env="model_map",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="JSON or TOML file mapping public model names to {provider, base_url, model, api_key_env}; replaces --provider/--model/--base-url (see docs/openai.md).",
+)
+@_option(
     "--upstream-connect-timeout",
     env="upstream_connect_timeout",
     default=10.0,
@@ -160,6 +167,7 @@ def serve(**opts: Any) -> None:
         model=opts["model"],
         api_key=api_key,
         api_key_env=opts["api_key_env"],
+        model_map=opts["model_map"],
         upstream_connect_timeout=opts["upstream_connect_timeout"],
         upstream_idle_timeout=opts["upstream_idle_timeout"],
         demo_tokens_per_second=opts["demo_rate"],

@@ -20,7 +20,7 @@ from ._errors import install_error_handlers
 from ._models import build_registry
 from ._settings import Settings
 from ._state import GatewayState
-from .routes import learn_router, ops_router, streams_router
+from .routes import learn_router, openai_router, ops_router, pages_router, streams_router
 
 __all__ = ["create_app", "run"]
 
@@ -80,6 +80,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops_router)
     app.include_router(learn_router)
     app.include_router(streams_router)
+    app.include_router(openai_router)
+    app.include_router(pages_router)
     return app
 
 

@@ -28,6 +28,7 @@ class Settings:
     model: str | None = None
     api_key: str | None = field(default=None, repr=False)
     api_key_env: str | None = None
+    model_map: str | None = None
     upstream_connect_timeout: float = 10.0
     upstream_idle_timeout: float = 60.0
     demo_tokens_per_second: float = 30.0
