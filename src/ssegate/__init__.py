@@ -5,13 +5,18 @@ response, and the error tree. ``import ssegate`` imports neither FastAPI, redis 
 gateway lives in :mod:`ssegate.gateway`.
 """
 
+from ._emitter import EmitterState, EmitterStatistics, SseEmitter
 from ._errors import (
     EmitterClosedError,
+    IllegalTransitionError,
+    ProducerLostError,
+    ShuttingDownError,
     SsegateError,
     SseProtocolError,
     StoreError,
     StoreFullError,
     StoreUnavailableError,
+    StreamGapError,
     StreamNotFoundError,
     UpstreamConnectError,
     UpstreamError,
@@ -20,19 +25,42 @@ from ._errors import (
     UpstreamStreamError,
     UpstreamTimeoutError,
 )
+from ._response import (
+    SHUTDOWN_STATE_KEY,
+    CloseReason,
+    EventSourceResponse,
+    EventStreamOptions,
+    EventStreamStatistics,
+    ShutdownSignal,
+    StreamItem,
+)
 from .codec import Decoder, ServerSentEvent, encode, encode_comment
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "SHUTDOWN_STATE_KEY",
+    "CloseReason",
     "Decoder",
     "EmitterClosedError",
+    "EmitterState",
+    "EmitterStatistics",
+    "EventSourceResponse",
+    "EventStreamOptions",
+    "EventStreamStatistics",
+    "IllegalTransitionError",
+    "ProducerLostError",
     "ServerSentEvent",
+    "ShutdownSignal",
+    "ShuttingDownError",
+    "SseEmitter",
     "SseProtocolError",
     "SsegateError",
     "StoreError",
     "StoreFullError",
     "StoreUnavailableError",
+    "StreamGapError",
+    "StreamItem",
     "StreamNotFoundError",
     "UpstreamConnectError",
     "UpstreamError",
