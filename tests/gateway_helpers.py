@@ -12,8 +12,7 @@ import httpx
 
 from ssegate import Decoder, ServerSentEvent
 from ssegate.gateway import Settings, create_app
-from ssegate.testing import RunningServer, run_server
-from ssegate.testing._mock_upstream import MockUpstream
+from ssegate.testing import MockUpstream, RunningServer, run_server
 
 
 @dataclass

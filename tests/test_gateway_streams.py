@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from gateway_helpers import answer_text, ask, collect, payloads, running_gateway, sse_events
-from ssegate.testing._mock_upstream import MockUpstream
+from ssegate.testing import MockUpstream
 
 pytestmark = pytest.mark.anyio
 
@@ -344,7 +344,7 @@ async def test_upstream_faults_become_an_error_event_and_the_server_keeps_servin
 
 
 async def test_unreachable_upstream_is_an_error_event() -> None:
-    from ssegate.testing._mock_upstream import closed_port_url
+    from ssegate.testing import closed_port_url
 
     with running_gateway(base_url=closed_port_url() + "/v1") as gw:
         async with (
@@ -358,7 +358,7 @@ async def test_unreachable_upstream_is_an_error_event() -> None:
 
 
 async def test_connect_timeout_is_an_error_event() -> None:
-    from ssegate.testing._mock_upstream import blackhole_url
+    from ssegate.testing import blackhole_url
 
     with (
         blackhole_url() as url,

@@ -8,7 +8,8 @@ them into an ``error`` event without a lookup table::
     ├── SseProtocolError              code="protocol"        the SSE decoder met a bound
     ├── EmitterClosedError            code="emitter_closed"  send() after complete/disconnect
     ├── UpstreamError                 code="upstream_error"  anything the LLM upstream did
-    │   ├── UpstreamConnectError      code="upstream_unreachable"  (retryable)
+    │   ├── UpstreamConnectError      code="upstream_unreachable" or
+    │   │                             "upstream_connect_timeout"   (retryable)
     │   ├── UpstreamTimeoutError      code="upstream_timeout"      (retryable)
     │   ├── UpstreamHTTPError         code by status: upstream_auth, upstream_not_found,
     │   │                             upstream_rate_limited, upstream_unavailable,

@@ -192,7 +192,7 @@ def mock_upstream(host: str, port: int) -> None:
     """Run the mock LLM upstream (OpenAI, Anthropic and Ollama wire formats) for testing."""
     from .testing import run_mock_upstream
 
-    run_mock_upstream(host, port)
+    run_mock_upstream(host, port, on_ready=lambda url: click.echo(f"mock upstream on {url}"))
 
 
 @main.command()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -105,6 +106,18 @@ class _GatewayServer(ShutdownAwareServer):
                 log.warning("drain timeout: cancelled %d generation(s)", cancelled)
             state.shutdown.set()
         await super().shutdown(sockets)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Handle SIGINT/SIGTERM as uvicorn does, but exit 0 after a clean drain.
+
+        uvicorn re-raises the captured signal after shutting down, so the process would die
+        "by SIGTERM" (exit -15) even when every stream was drained; a process manager or
+        orchestrator reads that as a failure.
+        """
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
 
 
 def run(settings: Settings) -> int:

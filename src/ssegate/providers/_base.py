@@ -9,7 +9,7 @@ stream ends normally only after the upstream's own end marker (``[DONE]``, ``mes
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeAlias
 
@@ -113,7 +113,7 @@ class Provider(Protocol):
 
     name: str
 
-    def stream(self, request: ChatRequest) -> AsyncIterator[Delta]:
+    def stream(self, request: ChatRequest) -> AsyncGenerator[Delta, None]:
         """Start the generation and yield its deltas; raise ``UpstreamError`` on any fault."""
         ...
 
