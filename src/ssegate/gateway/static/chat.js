@@ -235,8 +235,11 @@ function placeCaret(view, inline) {
   let host = view.li;
   if (inline) {
     host = view.answer;
-    while (host.lastElementChild && CARET_HOSTS.has(host.lastElementChild.tagName)) {
-      host = host.lastElementChild;
+    for (;;) {
+      let last = host.lastChild;
+      while (last && last.nodeType === Node.TEXT_NODE && !last.data.trim()) last = last.previousSibling;
+      if (!last || last.nodeType !== Node.ELEMENT_NODE || !CARET_HOSTS.has(last.tagName)) break;
+      host = last; // the text ends inside this element: go in
     }
   }
   if (host === view.li) view.li.insertBefore(view.caret, view.errorBox);
@@ -314,6 +317,7 @@ function run(msg, { resume = false } = {}) {
     },
     onStart: (data) => {
       msg.streamId = data.stream_id || msg.streamId;
+      if (data.token) msg.token = data.token; // lets EventSource mode resume after a reload
       if (data.model) {
         msg.model = data.model;
         showModel(data.model);
@@ -347,7 +351,9 @@ function run(msg, { resume = false } = {}) {
       msg.metrics.usage = usage;
     },
     onError: (error) => {
-      msg.error = { code: error.code, message: error.message, retryable: !!error.retryable };
+      let message = error.message;
+      if (error.status === 401) message += ' Enter an API key in Settings, then Retry.';
+      msg.error = { code: error.code, message, retryable: !!error.retryable };
     },
     onStateChange: (state) => {
       msg.conn = state;
@@ -375,7 +381,9 @@ function run(msg, { resume = false } = {}) {
   };
   let stream;
   if (resume) {
-    stream = followStream(msg.streamId, { ...options, lastEventId: msg.lastEventId || '' });
+    stream = followStream(msg.streamId, {
+      ...options, lastEventId: msg.lastEventId || '', token: msg.token || null,
+    });
   } else {
     const body = { messages: history(msg) };
     if (chat.model) body.model = chat.model;
@@ -403,7 +411,7 @@ function send(text) {
 function regenerate(msg) {
   if (active) return;
   Object.assign(msg, {
-    content: '', reasoning: '', toolCalls: [], error: null, streamId: null, lastEventId: '',
+    content: '', reasoning: '', toolCalls: [], error: null, streamId: null, lastEventId: '', token: null,
     metrics: {},
   });
   const view = viewOf(msg);

@@ -213,6 +213,15 @@ function withQuery(url, name, value) {
     + (hash ? '#' + hash : '');
 }
 
+/** Split a `token` query parameter off `url`: `[url without it, token or null]`. */
+function takeToken(url) {
+  const match = /[?&]token=([^&#]*)/.exec(url);
+  if (!match) return [url, null];
+  const rest = (url.slice(0, match.index) + url.slice(match.index + match[0].length))
+    .replace(/^([^?#]*)&/, '$1?');
+  return [rest, decodeURIComponent(match[1])];
+}
+
 function parseRetryAfter(value) {
   if (!value) return null;
   const seconds = Number(value);
@@ -266,6 +275,8 @@ export class SsegateStream {
     this.lastEventId = options.lastEventId != null ? String(options.lastEventId) : '';
     this.model = null;
     this.state = null;
+    /** The stream's read token (gateways with API keys): lets EventSource read without a key. */
+    this.token = options.token ?? null;
     this._body = body;
     this._closed = false;
     this._serverRetry = null;
@@ -300,6 +311,17 @@ export class SsegateStream {
   /** Stop following here, without cancelling on the server. Fires `onClose({reason:'closed'})`. */
   close() {
     this._finish('closed');
+  }
+
+  /**
+   * A URL to read the stream with: plus the read token, when we have one and the request will
+   * not carry an Authorization header (EventSource never can). The key never goes in a URL.
+   */
+  _readUrl(url, { sendsHeaders }) {
+    if (!this.token) return url;
+    const headers = this.options.headers || {};
+    const keyed = Object.keys(headers).some((name) => name.toLowerCase() === 'authorization');
+    return sendsHeaders && keyed ? url : withQuery(url, 'token', this.token);
   }
 
   _headers(extra) {
@@ -377,8 +399,12 @@ export class SsegateStream {
     const info = await response.json();
     this.id = info.id;
     this.model = info.model ?? null;
-    this.eventsUrl = joinUrl(this.baseUrl, info.events_url);
-    this.statusUrl = joinUrl(this.baseUrl, info.status_url || `/v1/streams/${info.id}`);
+    // The URLs may carry the read token: keep it apart, and add it only where it is needed.
+    const [eventsUrl, eventsToken] = takeToken(info.events_url);
+    const [statusUrl] = takeToken(info.status_url || `/v1/streams/${info.id}`);
+    this.token = info.token || eventsToken || this.token;
+    this.eventsUrl = joinUrl(this.baseUrl, eventsUrl);
+    this.statusUrl = joinUrl(this.baseUrl, statusUrl);
     this._resolveCreated(this.id);
     return null;
   }
@@ -475,6 +501,7 @@ export class SsegateStream {
         this._resolveCreated(this.id);
       }
       if (data.model) this.model = data.model;
+      if (data.token) this.token = data.token;
     }
     safeCall(this.options.onEvent, event);
     safeCall(this.options[CALLBACKS[type]], data, event);
@@ -493,7 +520,7 @@ export class SsegateStream {
     if (this.lastEventId) headers['Last-Event-ID'] = this.lastEventId;
     let response;
     try {
-      response = await fetch(this.eventsUrl, this._fetchInit({ headers, signal: controller.signal }));
+      response = await fetch(this._readUrl(this.eventsUrl, { sendsHeaders: true }), this._fetchInit({ headers, signal: controller.signal }));
     } catch (err) {
       return { kind: 'retry', error: networkError(err) };
     }
@@ -561,7 +588,8 @@ export class SsegateStream {
 
   _followEventSource() {
     // The query form of the id: a fresh EventSource has no way to send Last-Event-ID itself.
-    const url = this.lastEventId ? withQuery(this.eventsUrl, 'last_event_id', this.lastEventId) : this.eventsUrl;
+    const base = this._readUrl(this.eventsUrl, { sendsHeaders: false });
+    const url = this.lastEventId ? withQuery(base, 'last_event_id', this.lastEventId) : base;
     const source = new EventSource(url, { withCredentials: !!this.options.withCredentials });
     return new Promise((resolve) => {
       let settled = false;
@@ -582,10 +610,11 @@ export class SsegateStream {
         if (this._handle(type, ev.data, ev.lastEventId)) settle({ kind: 'closed' });
       };
       for (const type of EVENT_TYPES) source.addEventListener(type, listen(type));
+      source.addEventListener('message', listen('message')); // untyped: onEvent only
       // Every error closes the EventSource: reconnecting is ours (back-off, give up on 4xx),
       // and a reconnection of its own would resend our `last_event_id` query over its header.
-      source.onerror = () => {
-        if (settled) return;
+      source.onerror = (ev) => {
+        if (settled || ev instanceof MessageEvent) return; // the server's `error` event
         source.close();
         this._probe().then(settle);
       };
@@ -596,7 +625,7 @@ export class SsegateStream {
   async _probe() {
     let response;
     try {
-      response = await fetch(this.statusUrl, this._fetchInit({ headers: this._headers({ Accept: 'application/json' }) }));
+      response = await fetch(this._readUrl(this.statusUrl, { sendsHeaders: true }), this._fetchInit({ headers: this._headers({ Accept: 'application/json' }) }));
     } catch (err) {
       return { kind: 'retry', error: networkError(err) };
     }
