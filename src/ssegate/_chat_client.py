@@ -112,6 +112,9 @@ def run_chat(
                                 if event.id and event.id.isdigit():
                                     last_id = int(event.id)
                                 if event.event == "start":
+                                    if stream_id is None:
+                                        err.write(f"[stream {data.get('stream_id')}]\n")
+                                        err.flush()
                                     stream_id = data.get("stream_id", stream_id)
                                     token = data.get("token", token)
                                 elif event.event == "delta":

@@ -16,11 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from browser_support import API_KEY, CHROMIUM, CHROMIUM_ARGS, RETRY_MS, DroppingProxy
+from browser_support import API_KEY, CHROMIUM, CHROMIUM_ARGS, RETRY_MS
 from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 
 from ssegate.gateway import Settings, create_app
-from ssegate.testing import MockUpstream, RunningServer, run_server
+from ssegate.testing import DroppingProxy, MockUpstream, RunningServer, run_server
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)

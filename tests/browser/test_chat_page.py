@@ -7,10 +7,10 @@ from typing import Any
 
 import httpx
 import pytest
-from browser_support import API_KEY, DroppingProxy
+from browser_support import API_KEY
 from playwright.sync_api import Page, expect
 
-from ssegate.testing import MockUpstream, RunningServer
+from ssegate.testing import DroppingProxy, MockUpstream, RunningServer
 
 pytestmark = pytest.mark.browser
 

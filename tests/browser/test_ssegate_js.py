@@ -6,11 +6,11 @@ from typing import Any
 
 import httpx
 import pytest
-from browser_support import API_KEY, RETRY_MS, DroppingProxy
+from browser_support import API_KEY, RETRY_MS
 from playwright.sync_api import Page
 
 from ssegate import Decoder
-from ssegate.testing import MockUpstream, RunningServer
+from ssegate.testing import DroppingProxy, MockUpstream, RunningServer
 
 pytestmark = pytest.mark.browser
 
