@@ -295,3 +295,8 @@ def test_arbitrary_bytes_never_raise_and_split_does_not_matter(
     assert got == expected
     assert split.last_event_id == whole.last_event_id
     assert split.retry == whole.retry
+
+
+def test_lone_surrogates_are_written_as_replacement_characters() -> None:
+    encoded = encode(ServerSentEvent(data="a\ud800b", id="\udfff"))
+    assert decode_all(encoded) == [ServerSentEvent(data="a\ufffdb", event="message", id="\ufffd")]

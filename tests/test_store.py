@@ -12,10 +12,6 @@ keys expire on the server's clock. Tests of memory-only bounds come last.
 from __future__ import annotations
 
 import secrets
-import shutil
-import socket
-import subprocess
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, aclosing
 from dataclasses import dataclass
@@ -25,6 +21,7 @@ import anyio
 import orjson
 import pytest
 
+from instance_helpers import running_redis
 from ssegate import StoreFullError, StoreUnavailableError, StreamNotFoundError
 from ssegate.codec import Decoder
 from ssegate.store import (
@@ -63,32 +60,12 @@ class Harness:
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    """A real, throw-away redis-server on a free loopback port."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server is not installed")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if "Ready to accept connections" in line:
-            break
-    else:
-        pytest.fail("redis-server did not start")
-    # Keep reading its log so the pipe never fills up and blocks it.
-    threading.Thread(target=proc.stdout.read, daemon=True).start()
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(10)
+    """A real, throw-away redis-server on a free loopback port (missing binary: fail)."""
+    with running_redis() as server:
+        yield server.url
 
 
-@pytest.fixture(params=["memory"])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 def store_kind(request: pytest.FixtureRequest) -> tuple[str, str | None]:
     if request.param == "redis":
         return "redis", request.getfixturevalue("redis_url")
@@ -111,10 +88,7 @@ async def harness(store_kind: tuple[str, str | None], anyio_backend: str) -> Asy
 
             yield Harness(kind, make, advance)
         elif kind == "redis":
-            from ssegate.store.redis import (  # type: ignore[import-not-found]
-                RedisStore,
-                RedisStoreConfig,
-            )
+            from ssegate.store.redis import RedisStore, RedisStoreConfig
 
             async def make(**bounds: Any) -> Store:
                 config = RedisStoreConfig(url=url, key_prefix=f"t{secrets.token_hex(4)}:", **bounds)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from types import TracebackType
@@ -95,6 +95,15 @@ class JobObserver:
     def on_first_token(self, stream_id: str, latency: float) -> None:
         """The first text, reasoning or tool-call delta arrived ``latency`` s after start."""
 
+    def on_generated(self, stream_id: str, deltas: int, seconds: float) -> None:
+        """The generation stored ``deltas`` deltas, ``seconds`` apart from first to last.
+
+        Called before :meth:`on_finish` when at least one delta came.
+        """
+
+    def on_error(self, stream_id: str, error: dict[str, Any]) -> None:
+        """The stream is ending with ``error`` (its ``error`` event's data); before on_finish."""
+
     def on_finish(
         self,
         stream_id: str,
@@ -118,8 +127,11 @@ class _Outcome:
 class _Job:
     __slots__ = (
         "cause",
+        "deltas",
         "done",
+        "first_delta",
         "grace",
+        "last_delta",
         "on_disconnect",
         "provider",
         "request",
@@ -148,6 +160,8 @@ class _Job:
         self.scope = anyio.CancelScope(deadline=self.started + max_duration)
         self.cause: str | None = None
         self.done = anyio.Event()
+        self.deltas = 0  # for JobObserver.on_generated
+        self.first_delta = self.last_delta = 0.0
 
     def cancel(self, cause: str) -> None:
         if self.cause is None:
@@ -219,6 +233,7 @@ class JobManager:
         request: ChatRequest,
         *,
         model_label: str | None = None,
+        start_extra: Callable[[str], Mapping[str, Any]] | None = None,
         owner: str | None = None,
         on_disconnect: OnDisconnect = "cancel",
         grace: float = 5.0,
@@ -226,7 +241,8 @@ class JobManager:
     ) -> StreamInfo:
         """Create a stream, append ``start``, and run the generation in the background.
 
-        ``model_label`` is the model name clients see (default ``request.model``); ``owner``
+        ``model_label`` is the model name clients see (default ``request.model``);
+        ``start_extra(stream_id)`` adds fields to the ``start`` event (a read token); ``owner``
         is recorded for ownership checks. Returns the stream's info (its ``start`` event has
         id 1) without waiting for the generation. Raises :class:`ShuttingDownError` once
         draining, and whatever the store raises (``StoreFullError``...).
@@ -247,7 +263,14 @@ class JobManager:
             start = await self.store.append(
                 stream_id,
                 "start",
-                _dumps({"stream_id": stream_id, "model": label, "created": int(info.created)}),
+                _dumps(
+                    {
+                        "stream_id": stream_id,
+                        "model": label,
+                        "created": int(info.created),
+                        **(start_extra(stream_id) if start_extra is not None else {}),
+                    }
+                ),
             )
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -328,6 +351,12 @@ class JobManager:
                 await self._finish(job, outcome)
             del self._jobs[job.stream_id]
             job.done.set()
+            if job.deltas:
+                self._notify(
+                    "on_generated", job.stream_id, job.deltas, job.last_delta - job.first_delta
+                )
+            if outcome.error is not None:
+                self._notify("on_error", job.stream_id, outcome.error)
             self._notify(
                 "on_finish",
                 job.stream_id,
@@ -361,10 +390,14 @@ class JobManager:
                             continue
                         else:
                             continue
+                        now = anyio.current_time()
                         if first_token:
                             first_token = False
-                            self._notify("on_first_token", sid, anyio.current_time() - job.started)
+                            job.first_delta = now
+                            self._notify("on_first_token", sid, now - job.started)
                         await store.append(sid, event, data)
+                        job.deltas += 1
+                        job.last_delta = now
                 return _Outcome(StreamStatus.DONE, {"finish_reason": finish_reason}, usage=usage)
         except SsegateError as exc:
             if not job.scope.cancel_called:

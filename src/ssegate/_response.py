@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import heapq
 import logging
 import math
 import threading
 import time
-from collections import deque
+import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, TypeAlias
@@ -154,7 +155,7 @@ class ShutdownSignal:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._is_set = False
-        self._subscribers: dict[object, _LoopCallback] = {}
+        self._subscribers: dict[_LoopCallback, None] = {}  # an ordered set
 
     def is_set(self) -> bool:
         """Whether shutdown has begun."""
@@ -166,7 +167,7 @@ class ShutdownSignal:
             if self._is_set:
                 return
             self._is_set = True
-            subscribers = list(self._subscribers.values())
+            subscribers = list(self._subscribers)
             self._subscribers.clear()
         for subscriber in subscribers:
             subscriber()
@@ -183,18 +184,18 @@ class ShutdownSignal:
     def _subscribe(self, callback: Callable[[], object]) -> Callable[[], None]:
         """Call ``callback`` on the calling event loop when the signal is set (at once if it
         already is); return a function that cancels the subscription."""
-        key = object()
         with self._lock:
             if not self._is_set:
-                self._subscribers[key] = _LoopCallback(callback)
-
-                def unsubscribe() -> None:
-                    with self._lock:
-                        self._subscribers.pop(key, None)
-
-                return unsubscribe
+                # The handle is its own key: one small object per open stream.
+                handle = _LoopCallback(callback, self)
+                self._subscribers[handle] = None
+                return handle.unsubscribe
         callback()
         return _nothing
+
+    def _unsubscribe(self, handle: _LoopCallback) -> None:
+        with self._lock:
+            self._subscribers.pop(handle, None)
 
     def __repr__(self) -> str:
         return f"<ShutdownSignal is_set={self._is_set}>"
@@ -220,12 +221,17 @@ class _LoopCallback:
     """A callback bound to the event loop it was made on: called directly on that loop's
     thread, handed to the loop from any other thread."""
 
-    __slots__ = ("_call_soon", "_callback", "_thread")
+    __slots__ = ("_call_soon", "_callback", "_signal", "_thread")
 
-    def __init__(self, callback: Callable[[], object]) -> None:
+    def __init__(self, callback: Callable[[], object], signal: ShutdownSignal) -> None:
         self._callback = callback
+        self._signal = signal
         self._thread = threading.get_ident()
         self._call_soon = _loop_caller()
+
+    def unsubscribe(self) -> None:
+        """Stop watching the signal."""
+        self._signal._unsubscribe(self)
 
     def __call__(self) -> None:
         if threading.get_ident() == self._thread:
@@ -408,12 +414,16 @@ class EventSourceResponse(Response):
                     or options.send_timeout is not None
                     or options.max_duration is not None
                 ):
-                    tg.start_soon(run.watch)
+                    if run.loop is not None:
+                        run.on_timer(time.monotonic())  # a shared loop timer, no task
+                    else:
+                        tg.start_soon(run.watch)
                 await run.write(send)
                 tg.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             raise _collapse(group) from None
         finally:
+            run.stop_timer()
             if unsubscribe is not None:
                 unsubscribe()
             self.close_reason = run.reason
@@ -472,6 +482,79 @@ async def _wait(waiter: _Waiter) -> None:
         await waiter.wait()
 
 
+class _Ticket:
+    """One stream's place in :class:`_Timers`; cleared when the stream ends, so a stale heap
+    entry keeps nothing alive."""
+
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: _Stream) -> None:
+        self.stream: _Stream | None = stream
+
+
+class _Timers:
+    """Every open stream's watchdog on one asyncio event loop, behind one loop timer.
+
+    A heap of ``(deadline, n, ticket)``: a stream schedules its next check (ping due, send
+    timeout, end of ``max_duration``), and the loop timer is armed for the earliest. An idle
+    stream costs a heap entry (~150 bytes) instead of a task or a timer handle of its own.
+    Entries are never removed early: a stream that ends clears its ticket, and a stream that
+    wants an earlier check pushes another entry (the later one then finds nothing to do).
+    """
+
+    __slots__ = ("__weakref__", "_armed", "_at", "_heap", "_loop", "_n")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Nothing here may refer to the loop (a timer handle does): the registry holds this
+        # object by its loop, weakly, and must not keep the loop alive.
+        self._loop = weakref.ref(loop)
+        self._heap: list[tuple[float, int, _Ticket]] = []
+        self._at = math.inf
+        self._armed = 0  # which loop timer is the live one; earlier ones do nothing
+        self._n = 0
+
+    def schedule(self, ticket: _Ticket, deadline: float) -> None:
+        self._n += 1
+        heapq.heappush(self._heap, (deadline, self._n, ticket))
+        if deadline < self._at:
+            self._arm(deadline)
+
+    def _arm(self, deadline: float) -> None:
+        loop = self._loop()
+        if loop is None or loop.is_closed():
+            return
+        self._at = deadline
+        self._armed += 1
+        loop.call_later(max(0.0, deadline - time.monotonic()), self._fire, self._armed)
+
+    def _fire(self, armed: int) -> None:
+        if armed != self._armed:
+            return  # superseded by an earlier deadline
+        self._at = math.inf
+        heap = self._heap
+        now = time.monotonic()
+        while heap and heap[0][0] <= now:
+            _, _, ticket = heapq.heappop(heap)
+            stream = ticket.stream
+            if stream is not None and stream.ticket is ticket:
+                stream.on_timer(now)
+        if heap:
+            self._arm(heap[0][0])
+
+
+# Per event loop; weak, so a closed loop takes its timers with it.
+_timers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Timers] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _timers_of(loop: asyncio.AbstractEventLoop) -> _Timers:
+    timers = _timers.get(loop)
+    if timers is None:
+        timers = _timers[loop] = _Timers(loop)
+    return timers
+
+
 class _Stream:
     """The state of one response while it streams; its methods are the sibling tasks."""
 
@@ -493,6 +576,7 @@ class _Stream:
         "sending_since",
         "space",
         "started",
+        "ticket",
         "wake",
         "writes",
     )
@@ -503,7 +587,8 @@ class _Stream:
         self.options = options
         self.iterator = iterator
         self.ping = ping
-        self.chunks: deque[bytes] = deque()
+        # A list, not a deque: an idle stream holds 56 bytes here, not a 600-byte block.
+        self.chunks: list[bytes] = []
         self.buffered = 0
         self.loop = _asyncio_loop()
         self.wake: _Waiter | None = None  # set while the writer waits for chunks
@@ -515,6 +600,7 @@ class _Stream:
         self.started = time.monotonic()
         self.last_write = self.started
         self.sending_since: float | None = None
+        self.ticket: _Ticket | None = None  # set while the asyncio watchdog is armed
         self.events = self.writes = self.bytes_sent = self.pings = 0
 
     def end(self, reason: CloseReason) -> None:
@@ -576,17 +662,22 @@ class _Stream:
                 wake = self.wake = _waiter(self.loop)
                 await _wait(wake)
                 continue
-            body = chunks.popleft()
-            size = len(body)
-            if chunks and size + len(chunks[0]) <= limit:
+            if len(chunks) == 1:
+                body = chunks[0]
+                chunks.clear()
+            elif self.buffered <= limit:
+                body = b"".join(chunks)
+                chunks.clear()
+            else:
                 # A write holds whole events and at most ``limit`` bytes (one larger event
                 # goes alone).
-                parts = [body]
-                while chunks and size + len(chunks[0]) <= limit:
-                    chunk = chunks.popleft()
-                    parts.append(chunk)
-                    size += len(chunk)
-                body = b"".join(parts)
+                size = len(chunks[0])
+                taken = 1
+                while taken < len(chunks) and size + len(chunks[taken]) <= limit:
+                    size += len(chunks[taken])
+                    taken += 1
+                body = b"".join(chunks[:taken]) if taken > 1 else chunks[0]
+                del chunks[:taken]
             self.buffered -= len(body)
             space = self.space
             if space is not None and self.buffered < buffer_limit:
@@ -606,39 +697,67 @@ class _Stream:
             if self.reason is None:
                 self.reason = CloseReason.ERROR
             return
+        # Claim the ending before the final send: a shutdown or timeout arriving while it is
+        # in flight must not make _stream() send the final message a second time.
+        if self.reason is None:
+            self.reason = CloseReason.COMPLETED
         try:
             await send(_FINAL)
         except OSError:
-            self.end(CloseReason.DISCONNECTED)
+            self.reason = CloseReason.DISCONNECTED
             return
-        if self.reason is None:
-            self.reason = CloseReason.COMPLETED
 
-    async def watch(self) -> None:
-        """Heartbeat, ``send_timeout`` and ``max_duration``: one timer, re-armed cheaply."""
+    def check(self, now: float) -> float | None:
+        """Heartbeat, ``send_timeout`` and ``max_duration`` at ``now``: queue a ping or end the
+        stream; return when to check next (``None``: the stream ended)."""
         options = self.options
         ping = options.ping_interval
         send_timeout = options.send_timeout
-        end_at = math.inf if options.max_duration is None else self.started + options.max_duration
+        deadline = math.inf
+        if options.max_duration is not None:
+            deadline = self.started + options.max_duration
+            if now >= deadline:
+                self.end(CloseReason.TIMEOUT)
+                return None
+        sending_since = self.sending_since
+        if send_timeout is not None:
+            if sending_since is not None and now - sending_since >= send_timeout:
+                log.info("a write blocked for over %s s; dropping the client", send_timeout)
+                self.end(CloseReason.SEND_TIMEOUT)
+                return None
+            deadline = min(deadline, (sending_since or now) + send_timeout)
+        if ping is not None:
+            due = self.last_write + ping
+            if due <= now:
+                if sending_since is None and not self.chunks:
+                    self.pings += 1
+                    self.push(self.ping)
+                due = now + ping
+            deadline = min(deadline, due)
+        return deadline
+
+    def on_timer(self, now: float) -> None:
+        """The asyncio watchdog, run from the loop's shared :class:`_Timers`. Writes only move
+        ``last_write``; the check finds out when it runs (at most once per interval)."""
+        self.ticket = None
+        if self.reason is not None or self.loop is None:
+            return
+        deadline = self.check(now)
+        if deadline is not None and deadline != math.inf:
+            self.ticket = ticket = _Ticket(self)
+            _timers_of(self.loop).schedule(ticket, deadline)
+
+    def stop_timer(self) -> None:
+        ticket = self.ticket
+        if ticket is not None:
+            ticket.stream = None
+            self.ticket = None
+
+    async def watch(self) -> None:
+        """The watchdog as a task, for event loops other than asyncio."""
         while True:
             now = time.monotonic()
-            if now >= end_at:
-                self.end(CloseReason.TIMEOUT)
+            deadline = self.check(now)
+            if deadline is None:
                 return
-            deadline = end_at
-            sending_since = self.sending_since
-            if send_timeout is not None:
-                if sending_since is not None and now - sending_since >= send_timeout:
-                    log.info("a write blocked for over %s s; dropping the client", send_timeout)
-                    self.end(CloseReason.SEND_TIMEOUT)
-                    return
-                deadline = min(deadline, (sending_since or now) + send_timeout)
-            if ping is not None:
-                due = self.last_write + ping
-                if due <= now:
-                    if sending_since is None and not self.chunks:
-                        self.pings += 1
-                        self.push(self.ping)
-                    due = now + ping
-                deadline = min(deadline, due)
             await anyio.sleep(deadline - now)

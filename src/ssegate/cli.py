@@ -99,7 +99,23 @@ def main() -> None:
     "--store",
     env="store",
     default="memory",
-    help="Where streams live: 'memory' (one instance) or redis://host:port/db.",
+    help="Where streams live: 'memory' (one instance) or Redis for several instances: "
+    "redis://[:password@]host:port/db, rediss:// for TLS (keep the password in "
+    "SSEGATE_STORE rather than on the command line).",
+)
+@_option(
+    "--redis-prefix",
+    env="redis_prefix",
+    default="ssegate:",
+    help="Prefix of every Redis key and channel (deployments sharing one Redis need distinct ones).",
+)
+@_option(
+    "--lease-ttl",
+    env="lease_ttl",
+    default=None,
+    type=click.FloatRange(min=0.1),
+    help="Seconds without a sign of life from the instance generating a stream before its "
+    "followers get 'producer_lost' [default: 10 with Redis, 15 in memory].",
 )
 @_option(
     "--stream-ttl",
@@ -149,9 +165,109 @@ def main() -> None:
     type=float,
     help="Seconds in-flight generations get to finish on SIGTERM.",
 )
+# -- security and limits (docs/security.md) --
+@_option(
+    "--api-keys-file",
+    env="api_keys_file",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="File of gateway API keys, one '[name:]key' a line ('#' comments); clients send 'Authorization: Bearer <key>'. SSEGATE_API_KEYS adds comma-separated '[name:]key' entries. No keys: the gateway is open.",
+)
+@_option(
+    "--token-secret",
+    env="token_secret",
+    default=None,
+    help="Secret that signs stream read tokens (share it between instances; prefer the variable). Default: derived from the API keys.",
+)
+@_option(
+    "--token-ttl",
+    env="token_ttl",
+    default=None,
+    type=click.FloatRange(min=1),
+    help="Seconds a stream read token is valid. Default: --stream-ttl + --max-stream-duration.",
+)
+@_option(
+    "--insecure",
+    env="insecure",
+    is_flag=True,
+    default=False,
+    help="Allow listening on a non-loopback address without API keys (something in front must check access).",
+)
+@_option(
+    "--max-body-bytes",
+    env="max_body_bytes",
+    default=4 * 1024 * 1024,
+    type=click.IntRange(min=1),
+    help="Largest request body (413 past it).",
+)
+@_option(
+    "--max-messages",
+    env="max_messages",
+    default=1000,
+    type=click.IntRange(min=0),
+    help="Most messages in one request (0 = no limit).",
+)
+@_option(
+    "--max-prompt-chars",
+    env="max_prompt_chars",
+    default=1_000_000,
+    type=click.IntRange(min=0),
+    help="Most characters of text in one request's messages (0 = no limit).",
+)
+@_option(
+    "--max-streams-per-key",
+    env="max_streams_per_key",
+    default=32,
+    type=click.IntRange(min=0),
+    help="Most running streams per API key, per instance (429; 0 = no limit).",
+)
+@_option(
+    "--rate-limit",
+    env="rate_limit",
+    default=20.0,
+    type=click.FloatRange(min=0),
+    help="Requests per second per API key, per instance (429 with Retry-After; 0 = no limit).",
+)
+@_option(
+    "--rate-burst",
+    env="rate_burst",
+    default=100,
+    type=click.IntRange(min=1),
+    help="Requests an API key may make at once before --rate-limit applies.",
+)
+@_option(
+    "--max-subscribers",
+    env="max_subscribers",
+    default=64,
+    type=click.IntRange(min=0),
+    help="Most connected readers of one stream (429; 0 = no limit).",
+)
+@_option(
+    "--send-timeout",
+    env="send_timeout",
+    default=30.0,
+    type=click.FloatRange(min=0),
+    help="Seconds one write to a client may block before it is dropped (it resumes from its last id; 0 = never).",
+)
+@_option(
+    "--client-buffer-bytes",
+    env="client_buffer_bytes",
+    default=64 * 1024,
+    type=click.IntRange(min=1),
+    help="Bytes of events held for one slow client before the gateway waits for it.",
+)
+@_option("--log-json", env="log_json", is_flag=True, default=False, help="Log JSON lines.")
+@_option(
+    "--log-content",
+    env="log_content",
+    is_flag=True,
+    default=False,
+    help="Log prompts and answers (off by default: they may hold personal data).",
+)
 def serve(**opts: Any) -> None:
     """Run the gateway (uvicorn with uvloop and httptools)."""
     from .gateway import Settings, run
+    from .gateway._auth import bind_refusal, split_key_entries
 
     api_key = None
     if opts["api_key_env"]:
@@ -172,6 +288,8 @@ def serve(**opts: Any) -> None:
         upstream_idle_timeout=opts["upstream_idle_timeout"],
         demo_tokens_per_second=opts["demo_rate"],
         store=opts["store"],
+        redis_prefix=opts["redis_prefix"],
+        lease_ttl=opts["lease_ttl"],
         stream_ttl=opts["stream_ttl"],
         on_disconnect=opts["on_disconnect"],
         disconnect_grace=opts["disconnect_grace"],
@@ -179,7 +297,27 @@ def serve(**opts: Any) -> None:
         heartbeat_interval=opts["heartbeat"],
         cors_origins=tuple(opts["cors_origin"]),
         drain_timeout=opts["drain_timeout"],
+        api_keys=split_key_entries(os.environ.get("SSEGATE_API_KEYS", "")),
+        api_keys_file=opts["api_keys_file"],
+        token_secret=opts["token_secret"] or None,
+        token_ttl=opts["token_ttl"],
+        insecure=opts["insecure"],
+        max_body_bytes=opts["max_body_bytes"],
+        max_messages=opts["max_messages"],
+        max_prompt_chars=opts["max_prompt_chars"],
+        max_streams_per_key=opts["max_streams_per_key"],
+        rate_limit=opts["rate_limit"],
+        rate_burst=opts["rate_burst"],
+        max_subscribers_per_stream=opts["max_subscribers"],
+        send_timeout=opts["send_timeout"] or None,
+        client_buffer_bytes=opts["client_buffer_bytes"],
+        log_json=opts["log_json"],
+        log_content=opts["log_content"],
     )
+    refusal = bind_refusal(settings)
+    if refusal is not None:
+        click.echo(f"Error: {refusal}", err=True)
+        sys.exit(2)
     sys.exit(run(settings))
 
 

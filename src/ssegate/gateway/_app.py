@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import logging.config
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import uvicorn
 from fastapi import FastAPI
-from starlette.middleware.cors import CORSMiddleware
 
+from .._errors import StoreUnavailableError
 from .._jobs import JobManager
 from .._response import SHUTDOWN_STATE_KEY
 from .._serve import ShutdownAwareServer
 from ..store import Store
 from ..store.memory import MemoryStore, MemoryStoreConfig
+from ._auth import GatewaySecurity
 from ._errors import install_error_handlers
+from ._logging import logging_config
+from ._metrics import GatewayMetrics, MeteredStore, ObserverFanout
 from ._models import build_registry
 from ._settings import Settings
 from ._state import GatewayState
@@ -29,27 +34,65 @@ log = logging.getLogger("ssegate.gateway")
 
 
 def _open_store(settings: Settings) -> Store:
+    """The store ``settings.store`` names: ``memory``, or ``redis://``/``rediss://``/``unix://``."""
     if settings.store == "memory":
         return MemoryStore(
             MemoryStoreConfig(
                 max_streams=settings.max_streams,
                 max_events=settings.max_events_per_stream,
                 finished_ttl=settings.stream_ttl,
+                lease_ttl=settings.lease_ttl or 15.0,
+            )
+        )
+    if settings.store.startswith(("redis://", "rediss://", "unix://")):
+        from ..store.redis import RedisStore, RedisStoreConfig  # imports redis only when used
+
+        return RedisStore(
+            RedisStoreConfig(
+                url=settings.store,
+                key_prefix=settings.redis_prefix,
+                max_events=settings.max_events_per_stream,
+                finished_ttl=settings.stream_ttl,
+                lease_ttl=settings.lease_ttl or 10.0,
             )
         )
     raise ValueError(f"unknown store {settings.store!r}: use 'memory' or redis://host:port/db")
 
 
+def _check_store(settings: Settings) -> str | None:
+    """Connect to the store once before serving; the reason if it can't be reached."""
+    if settings.store == "memory":
+        return None
+
+    async def probe() -> None:
+        async with _open_store(settings):
+            pass
+
+    try:
+        anyio.run(probe)
+    except StoreUnavailableError as exc:
+        return exc.message
+    return None
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The gateway app for ``settings`` (defaults: demo model, memory store, loopback)."""
     settings = settings or Settings()
+    security = GatewaySecurity(settings)  # keys, tokens, limits: fail fast on a bad keys file
     models = build_registry(settings)  # fail fast on a bad provider configuration
+    _open_store(settings)  # fail fast on a bad store URL (connecting waits for the lifespan)
+    metrics = GatewayMetrics()  # one registry per app: no global state
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        store = _open_store(settings)
-        async with store, JobManager(store) as jobs:
-            state = GatewayState(settings=settings, models=models, store=store, jobs=jobs)
+        # The metered store times every operation and ends producer-less streams.
+        store = MeteredStore(_open_store(settings), metrics)
+        observer = ObserverFanout(security.observer(), metrics)
+        async with store, JobManager(store, observer=observer) as jobs:
+            metrics.bind(active=jobs.active, statistics=store.statistics)
+            state = GatewayState(
+                settings=settings, models=models, store=store, jobs=jobs, metrics=metrics
+            )
             app.state.gateway = state
             try:
                 # Responses find the shutdown signal here; ShutdownAwareServer leaves ours.
@@ -67,17 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    if settings.cors_origins:
-        wildcard = "*" in settings.cors_origins
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=["*"] if wildcard else list(settings.cors_origins),
-            allow_credentials=not wildcard,
-            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "Accept"],
-            expose_headers=["x-ssegate-stream-id", "Location", "Retry-After"],
-            max_age=600,
-        )
+    security.install(app)  # CORS, API keys and rate, body size (docs/security.md)
     app.include_router(ops_router)
     app.include_router(learn_router)
     app.include_router(streams_router)
@@ -93,6 +126,15 @@ class _GatewayServer(ShutdownAwareServer):
         super().__init__(config)
         self._app = app
         self._drain_timeout = drain_timeout
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        """On the signal itself, turn unready at once: uvicorn only notices ``should_exit``
+        on its next tick (up to 0.1 s later), and a load balancer probing ``/readyz``
+        meanwhile must already see 503."""
+        super().handle_exit(sig, frame)
+        state: GatewayState | None = getattr(self._app.state, "gateway", None)
+        if state is not None:
+            state.draining = True
 
     async def shutdown(self, sockets: Any = None) -> None:
         state: GatewayState | None = getattr(self._app.state, "gateway", None)
@@ -122,9 +164,8 @@ class _GatewayServer(ShutdownAwareServer):
 
 def run(settings: Settings) -> int:
     """Serve the gateway until SIGINT/SIGTERM; return the exit code."""
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    log_config = logging_config(settings.log_level, json=settings.log_json)
+    logging.config.dictConfig(log_config)
     try:
         app = create_app(settings)
     except ValueError as exc:
@@ -135,11 +176,16 @@ def run(settings: Settings) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=log_config,
         loop="uvloop",
         http="httptools",
         lifespan="on",
         timeout_graceful_shutdown=int(settings.drain_timeout) + 10,
     )
+    problem = _check_store(settings)
+    if problem is not None:
+        log.error("cannot start: %s", problem)
+        return 1
     server = _GatewayServer(config, app, settings.drain_timeout)
     server.run()
     return 0 if server.started else 1

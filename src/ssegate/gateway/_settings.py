@@ -35,6 +35,8 @@ class Settings:
 
     # Streams.
     store: str = "memory"
+    redis_prefix: str = "ssegate:"
+    lease_ttl: float | None = None  # producer lease: 10 s on Redis, 15 s in memory
     stream_ttl: float = 600.0
     max_streams: int = 10_000
     max_events_per_stream: int = 100_000
@@ -47,6 +49,26 @@ class Settings:
     # HTTP.
     cors_origins: tuple[str, ...] = ()
     drain_timeout: float = 30.0
+
+    # Security and limits (docs/security.md). ``api_keys`` entries are ``name:key`` or ``key``.
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    api_keys_file: str | None = None
+    token_secret: str | None = field(default=None, repr=False)
+    token_ttl: float | None = None  # default: stream_ttl + max_stream_duration
+    insecure: bool = False
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_messages: int = 1000
+    max_prompt_chars: int = 1_000_000
+    max_streams_per_key: int = 32
+    rate_limit: float = 20.0
+    rate_burst: int = 100
+    max_subscribers_per_stream: int = 64
+    send_timeout: float | None = 30.0
+    client_buffer_bytes: int = 64 * 1024
+
+    # Logs.
+    log_json: bool = False
+    log_content: bool = False
 
     def with_(self, **changes: object) -> Settings:
         """A copy with ``changes`` applied."""

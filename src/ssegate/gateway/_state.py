@@ -11,6 +11,7 @@ from .._errors import SsegateError, StreamNotFoundError
 from .._jobs import JobManager
 from .._response import ShutdownSignal
 from ..store import Store
+from ._metrics import GatewayMetrics
 from ._models import ModelRegistry
 from ._settings import Settings
 
@@ -25,11 +26,17 @@ class GatewayState:
     models: ModelRegistry
     store: Store
     jobs: JobManager
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     shutdown: ShutdownSignal = field(default_factory=ShutdownSignal)
     draining: bool = False
 
     async def readiness(self) -> dict[str, bool]:
-        """Named checks; the gateway is ready when all are true."""
+        """Named checks; the gateway is ready when all are true.
+
+        ``accepting``: not draining (SIGTERM turns it false first, so a load balancer stops
+        sending new streams while running ones finish). ``store``: the store answered a lookup
+        within a second (with Redis: a round trip).
+        """
         store_ok = True
         with anyio.move_on_after(1.0) as scope:
             try:

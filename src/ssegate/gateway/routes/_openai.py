@@ -46,11 +46,13 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from ..._errors import SsegateError, StoreError
-from ..._response import EventSourceResponse
+from ..._response import EventStreamOptions
 from ...codec import ServerSentEvent, encode
-from ...providers import ChatRequest
+from ...providers import ChatRequest, Provider
 from ...store import StoredEvent, StreamInfo
+from .._auth import GatewaySecurity, caller_of, security_of
 from .._errors import ApiError
+from .._limits import PromptLimitError, TrackedEventSourceResponse, check_prompt
 from .._models import ModelRoute, UnknownModelError
 from .._state import GatewayState, state_of
 
@@ -184,6 +186,10 @@ class OpenAIRoute(APIRoute):
                     exc.status, exc.message, code=exc.code, headers=exc.headers
                 ).response()
             except StarletteHTTPException as exc:
+                if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
+                    # Bytes FastAPI could not decode (not UTF-8/16/32): say so.
+                    message = "We could not parse the JSON body of your request: it is not UTF-8."
+                    return OpenAIError(400, message, code="invalid_json").response()
                 message = exc.detail if isinstance(exc.detail, str) else "request failed"
                 return OpenAIError(exc.status_code, message, headers=exc.headers).response()
             except SsegateError as exc:
@@ -199,11 +205,12 @@ class OpenAIRoute(APIRoute):
 async def openai_caller(request: Request) -> str | None:
     """Who is calling: the owner recorded on the streams they start (``None`` without auth).
 
-    The gateway's auth plugs in here: a dependency that raises ``ApiError(401, ...)`` (or
-    ``OpenAIError(401, ...)``) for a bad key becomes OpenAI's 401, which the SDK raises as
-    ``AuthenticationError``. Tests swap it with ``app.dependency_overrides[openai_caller]``.
+    The gateway's ``AuthMiddleware`` has already answered a missing or bad key with OpenAI's
+    401 (the SDK raises ``AuthenticationError``); this returns the key's owner id. An override
+    (``app.dependency_overrides[openai_caller]``) that raises ``ApiError(401, ...)`` or
+    ``OpenAIError(401, ...)`` is answered in OpenAI's shape too.
     """
-    return None
+    return caller_of(request).owner
 
 
 # -- the request ----------------------------------------------------------------------------
@@ -263,7 +270,8 @@ class ChatCompletionRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    messages: list[ChatMessage] = Field(min_length=1, max_length=1000)
+    # How many, and how long: --max-messages and --max-prompt-chars (400 past them).
+    messages: list[ChatMessage] = Field(min_length=1)
     model: str | None = Field(default=None, min_length=1, max_length=200)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
@@ -416,8 +424,24 @@ def _resolve(state: GatewayState, name: str | None) -> ModelRoute:
         raise OpenAIError(404, message, param="model", code="model_not_found") from None
 
 
+def _check_prompt(state: GatewayState, body: ChatCompletionRequest) -> None:
+    settings = state.settings
+    try:
+        check_prompt(
+            body.messages, max_messages=settings.max_messages, max_chars=settings.max_prompt_chars
+        )
+    except PromptLimitError as exc:
+        # 400, as OpenAI answers a context that is too long (the SDK's BadRequestError).
+        raise OpenAIError(400, exc.message, code=exc.code, param=exc.param) from None
+
+
 async def _start(
-    state: GatewayState, route: ModelRoute, chat: ChatRequest, owner: str | None, policy: str | None
+    state: GatewayState,
+    security: GatewaySecurity,
+    route: ModelRoute,
+    chat: ChatRequest,
+    owner: str | None,
+    policy: str | None,
 ) -> StreamInfo:
     if state.draining:
         raise OpenAIError(
@@ -428,16 +452,27 @@ async def _start(
             headers={"Retry-After": "1"},
         )
     settings = state.settings
-    # ShuttingDownError and StoreFullError are SsegateErrors: OpenAIRoute answers them (503).
-    return await state.jobs.start(
-        route.provider,
-        chat,
-        model_label=route.name,
-        owner=owner,
-        on_disconnect="continue" if (policy or settings.on_disconnect) == "continue" else "cancel",
-        grace=settings.disconnect_grace,
-        max_duration=settings.max_stream_duration,
-    )
+    provider: Provider = route.provider
+    content_log = security.content_log
+    logged = content_log.wrap(provider) if content_log is not None else None
+    # ShuttingDownError and StoreFullError are SsegateErrors: OpenAIRoute answers them (503);
+    # the per-key quota's ApiError becomes OpenAI's 429.
+    with security.quota.reserve(owner):
+        info = await state.jobs.start(
+            logged or provider,
+            chat,
+            model_label=route.name,
+            owner=owner,
+            on_disconnect="continue"
+            if (policy or settings.on_disconnect) == "continue"
+            else "cancel",
+            grace=settings.disconnect_grace,
+            max_duration=settings.max_stream_duration,
+        )
+    if content_log is not None and logged is not None:
+        logged.stream_id = info.id  # before the job's task first runs
+        content_log.prompt(info.id, owner, chat.messages)
+    return info
 
 
 # -- gateway events → OpenAI chunks ---------------------------------------------------------
@@ -581,10 +616,16 @@ class _CompletionStream(Response):
     own HTTP status. Counted as one subscriber throughout, so ``on_disconnect`` sees it."""
 
     def __init__(
-        self, state: GatewayState, info: StreamInfo, model: str, include_usage: bool
+        self,
+        state: GatewayState,
+        security: GatewaySecurity,
+        info: StreamInfo,
+        model: str,
+        include_usage: bool,
     ) -> None:
         super().__init__(status_code=200)
         self._state = state
+        self._security = security
         self._info = info
         self._chunks = _Chunks(f"chatcmpl-{info.id}", model, int(info.created), include_usage)
 
@@ -602,12 +643,16 @@ class _CompletionStream(Response):
                 if head and head[-1].event == "error":
                     response = OpenAIError.from_gateway(_data(head[-1])).response(stream_id)
                 else:
-                    response = EventSourceResponse(
+                    settings = state.settings
+                    response = TrackedEventSourceResponse(
                         _chunk_stream(state, stream_id, head, self._chunks),
                         headers=_stream_headers(stream_id),
+                        options=EventStreamOptions(max_buffer_bytes=settings.client_buffer_bytes),
                         ping_interval=interval,
                         retry=None,
+                        send_timeout=settings.send_timeout or None,
                         shutdown=state.shutdown,
+                        tracker=self._security.event_streams,
                     )
             await response(scope, receive, send)
 
@@ -758,12 +803,14 @@ async def create_chat_completion(
     Every completion is a gateway stream: see ``x-ssegate-stream-id`` and ``/v1/streams/{id}``.
     """
     state = state_of(request)
+    security = security_of(request)
+    _check_prompt(state, body)
     route = _resolve(state, body.model)
     chat = _chat_request(body, route)
-    info = await _start(state, route, chat, owner, body.on_disconnect)
+    info = await _start(state, security, route, chat, owner, body.on_disconnect)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return _CompletionStream(state, info, route.name, include_usage)
+        return _CompletionStream(state, security, info, route.name, include_usage)
     return await _complete(state, info, route.name, request.receive)
 
 

@@ -1,9 +1,10 @@
-"""Operations: ``/healthz`` (the process answers), ``/readyz`` (it should get traffic)."""
+"""Operations: ``/healthz`` (the process answers), ``/readyz`` (it should get traffic),
+``/metrics`` (Prometheus text format; see ``gateway/_metrics.py`` for the series)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from .._state import state_of
 
@@ -28,3 +29,10 @@ async def readyz(request: Request) -> JSONResponse:
         {"status": "ready" if ready else "unready", "checks": checks},
         status_code=200 if ready else 503,
     )
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_model=None)
+async def metrics(request: Request) -> Response:
+    """This instance's series in the Prometheus text format (OpenMetrics if asked for)."""
+    body, content_type = state_of(request).metrics.render(request.headers.get("accept"))
+    return Response(body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})

@@ -1,33 +1,66 @@
-"""The streams API: start, follow (resumable), status and cancel of detached generations."""
+"""The streams API: start, follow (resumable), status and cancel of detached generations.
+
+With API keys on, a stream belongs to the key that started it: any other caller gets the same
+404 as for a stream that does not exist. Starting one also returns a read token for it (see
+``_auth.py``), accepted as ``?token=`` on its events and status URLs, for reading only.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import aclosing
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Body, Header, Query, Request
+from fastapi import APIRouter, Body, Depends, Header, Query, Request
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
-from ..._errors import StoreFullError, StreamNotFoundError
+from ..._errors import StoreError, StoreFullError, StreamNotFoundError
 from ..._jobs import ShuttingDownError
-from ..._response import EventSourceResponse
+from ..._response import EventSourceResponse, EventStreamOptions
 from ...codec import ServerSentEvent, encode
-from ...providers import ChatRequest
-from ...store import ProducerLostError, StreamGapError, StreamStatus
+from ...providers import ChatRequest, Provider
+from ...store import ProducerLostError, StreamGapError, StreamInfo, StreamStatus
+from .._auth import Caller, GatewaySecurity, caller_of, security_of
 from .._errors import ApiError
+from .._limits import PromptLimitError, TrackedEventSourceResponse, check_prompt
 from .._models import UnknownModelError
 from .._state import GatewayState, state_of
 
 __all__ = ["StreamRequest", "event_stream_response", "router"]
 
 log = logging.getLogger("ssegate.streams")
-router = APIRouter(prefix="/v1/streams", tags=["streams"])
+
+
+class _StreamsRoute(APIRoute):
+    """A route that says what is wrong with a body FastAPI could not decode (bytes that are
+    not UTF-8, -16 or -32), where FastAPI says only "There was an error parsing the body"."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def streams_handler(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except StarletteHTTPException as exc:
+                if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
+                    raise ApiError(
+                        400, "invalid_json", "the request body is not valid JSON text (UTF-8)"
+                    ) from None
+                raise
+
+        return streams_handler
+
+
+router = APIRouter(prefix="/v1/streams", tags=["streams"], route_class=_StreamsRoute)
 
 _STREAM_ID_HEADER = "x-ssegate-stream-id"
+_READ_TOKEN_HEADER = "x-ssegate-read-token"
 
 
 class Message(BaseModel):
@@ -44,7 +77,8 @@ class StreamRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    messages: list[Message] = Field(min_length=1, max_length=1000)
+    # How many, and how long: --max-messages and --max-prompt-chars (422 past them).
+    messages: list[Message] = Field(min_length=1)
     model: str | None = Field(default=None, min_length=1, max_length=200)
     max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
     temperature: float | None = Field(default=None, ge=0, le=2)
@@ -69,12 +103,10 @@ async def _events(state: GatewayState, stream_id: str, after: int) -> AsyncItera
             async with aclosing(store.follow(stream_id, after)) as events:
                 async for event in events:
                     yield event.encoded
-        except StreamGapError as exc:
-            yield _error_event("gap", exc.message, retryable=False)
-        except ProducerLostError as exc:
-            yield _error_event("producer_lost", exc.message, retryable=True)
         except StreamNotFoundError:
             yield _error_event("not_found", "the stream is gone", retryable=False)
+        except StoreError as exc:  # gap, producer_lost, store_unavailable: say so and end
+            yield _error_event(exc.code, exc.message, retryable=exc.retryable)
 
 
 def _error_event(code: str, message: str, *, retryable: bool) -> bytes:
@@ -84,17 +116,45 @@ def _error_event(code: str, message: str, *, retryable: bool) -> bytes:
 
 
 def event_stream_response(
-    state: GatewayState, stream_id: str, after: int, *, status_code: int = 200
+    state: GatewayState,
+    security: GatewaySecurity,
+    stream_id: str,
+    after: int,
+    *,
+    status_code: int = 200,
+    headers: dict[str, str] | None = None,
 ) -> EventSourceResponse:
-    """The SSE response that follows ``stream_id`` after event ``after``."""
+    """The SSE response that follows ``stream_id`` after event ``after``.
+
+    A client that stops reading holds at most ``client_buffer_bytes`` here (the store keeps
+    the events); one write blocked for ``send_timeout`` drops it, and it resumes from its last
+    id when it comes back.
+    """
     settings = state.settings
-    return EventSourceResponse(
+    return TrackedEventSourceResponse(
         _events(state, stream_id, after),
         status_code=status_code,
-        headers={_STREAM_ID_HEADER: stream_id},
+        headers={_STREAM_ID_HEADER: stream_id, **(headers or {})},
+        options=EventStreamOptions(max_buffer_bytes=settings.client_buffer_bytes),
         ping_interval=settings.heartbeat_interval or None,
         retry=settings.retry_ms,
+        send_timeout=settings.send_timeout or None,
         shutdown=state.shutdown,
+        tracker=security.event_streams,
+    )
+
+
+def _json_body(content_type: Annotated[str | None, Header()] = None) -> None:
+    """Refuse a body not declared as JSON (FastAPI would not parse it, and say something less
+    helpful)."""
+    media = (content_type or "").partition(";")[0].strip().lower()
+    json_like = media.startswith("application/") and media.endswith("+json")
+    if media == "application/json" or json_like:
+        return
+    raise ApiError(
+        415,
+        "unsupported_media_type",
+        f"the body must be JSON (Content-Type: application/json), not {media or 'empty'!r}",
     )
 
 
@@ -102,12 +162,23 @@ def _wants_event_stream(accept: str | None) -> bool:
     return accept is not None and "text/event-stream" in accept.lower()
 
 
-async def start_stream(state: GatewayState, body: StreamRequest, owner: str | None) -> Any:
-    """Validate the model and start a generation; the route and the OpenAI routes share it."""
+async def start_stream(
+    state: GatewayState, security: GatewaySecurity, body: StreamRequest, owner: str | None
+) -> StreamInfo:
+    """Check the limits and the model, and start a generation owned by ``owner``."""
     if state.draining:
         raise ApiError(
             503, "shutting_down", "the gateway is shutting down", headers={"Retry-After": "1"}
         )
+    settings = state.settings
+    try:
+        check_prompt(
+            body.messages,
+            max_messages=settings.max_messages,
+            max_chars=settings.max_prompt_chars,
+        )
+    except PromptLimitError as exc:
+        raise ApiError(422, exc.code, exc.message) from None
     try:
         route = state.models.resolve(body.model)
     except UnknownModelError:
@@ -118,17 +189,21 @@ async def start_stream(state: GatewayState, body: StreamRequest, owner: str | No
         max_tokens=body.max_tokens,
         temperature=body.temperature,
     )
-    settings = state.settings
+    provider: Provider = route.provider
+    content_log = security.content_log
+    logged = content_log.wrap(provider) if content_log is not None else None
     try:
-        return await state.jobs.start(
-            route.provider,
-            request,
-            model_label=route.name,
-            owner=owner,
-            on_disconnect=body.on_disconnect or settings.on_disconnect,
-            grace=settings.disconnect_grace,
-            max_duration=settings.max_stream_duration,
-        )
+        with security.quota.reserve(owner):
+            info = await state.jobs.start(
+                logged or provider,
+                request,
+                model_label=route.name,
+                start_extra=_start_token(security),
+                owner=owner,
+                on_disconnect=body.on_disconnect or settings.on_disconnect,
+                grace=settings.disconnect_grace,
+                max_duration=settings.max_stream_duration,
+            )
     except ShuttingDownError:
         raise ApiError(
             503, "shutting_down", "the gateway is shutting down", headers={"Retry-After": "1"}
@@ -137,6 +212,42 @@ async def start_stream(state: GatewayState, body: StreamRequest, owner: str | No
         raise ApiError(
             503, "store_full", "too many streams; try again later", headers={"Retry-After": "1"}
         ) from None
+    if content_log is not None and logged is not None:
+        # Before the job's task first runs (start() only scheduled it): its answer line
+        # carries the id.
+        logged.stream_id = info.id
+        content_log.prompt(info.id, owner, request.messages)
+    return info
+
+
+def _start_token(security: GatewaySecurity) -> Callable[[str], dict[str, Any]] | None:
+    """The ``start`` event carries the stream's read token (when keys are on), so a page that
+    started with ``fetch()`` can resume with ``EventSource`` after a reload."""
+    tokens = security.tokens
+    if tokens is None:
+        return None
+
+    def extra(stream_id: str) -> dict[str, Any]:
+        token, expires = tokens.issue(stream_id)
+        return {"token": token, "token_expires_at": expires}
+
+    return extra
+
+
+_STREAM_ID = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
+
+
+async def _readable(request: Request, stream_id: str, *, cancel: bool = False) -> StreamInfo:
+    """The stream's info if the caller may read it (or cancel it, with ``cancel``); a stream
+    of another key is ``StreamNotFoundError``, exactly as one that does not exist."""
+    if not _STREAM_ID.fullmatch(stream_id):
+        raise StreamNotFoundError(stream_id)  # not a stream id: the store is not asked
+    caller: Caller = caller_of(request)
+    info = await state_of(request).store.get(stream_id)
+    allowed = caller.may_cancel(info) if cancel else caller.may_read(info)
+    if not allowed:
+        raise StreamNotFoundError(stream_id)
+    return info
 
 
 @router.post(
@@ -145,6 +256,7 @@ async def start_stream(state: GatewayState, body: StreamRequest, owner: str | No
     summary="Start a generation",
     response_model=None,
     responses={201: {"description": "The stream was created"}},
+    dependencies=[Depends(_json_body)],
 )
 async def create_stream(
     request: Request,
@@ -157,10 +269,18 @@ async def create_stream(
     event, ``start``, carries the stream id); otherwise ``201`` with the stream's URLs.
     """
     state = state_of(request)
-    info = await start_stream(state, body, None)
+    security = security_of(request)
+    info = await start_stream(state, security, body, caller_of(request).owner)
+    headers: dict[str, str] = {}
+    extra: dict[str, Any] = {}
+    query = ""
+    if security.tokens is not None:
+        token, expires = security.tokens.issue(info.id)
+        headers[_READ_TOKEN_HEADER] = token
+        extra = {"token": token, "token_expires_at": expires}
+        query = f"?token={token}"  # URL-safe as it is
     if _wants_event_stream(accept):
-        return event_stream_response(state, info.id, 0)
-    events_url = f"/v1/streams/{info.id}/events"
+        return event_stream_response(state, security, info.id, 0, headers=headers)
     return JSONResponse(
         {
             "id": info.id,
@@ -168,11 +288,12 @@ async def create_stream(
             "status": info.status.value,
             "model": info.model,
             "created": info.created,
-            "events_url": events_url,
-            "status_url": f"/v1/streams/{info.id}",
+            "events_url": f"/v1/streams/{info.id}/events{query}",
+            "status_url": f"/v1/streams/{info.id}{query}",
+            **extra,
         },
         status_code=201,
-        headers={"Location": f"/v1/streams/{info.id}", _STREAM_ID_HEADER: info.id},
+        headers={"Location": f"/v1/streams/{info.id}", _STREAM_ID_HEADER: info.id, **headers},
     )
 
 
@@ -182,14 +303,16 @@ async def stream_events(
     stream_id: str,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     last_event_id: Annotated[str | None, Query(max_length=32)] = None,
+    token: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Response:
     """Events with id > ``Last-Event-ID`` (header, or ``?last_event_id=``), then live ones.
 
-    ``204`` when the stream is finished and the client already has its last event.
+    ``204`` when the stream is finished and the client already has its last event. With API
+    keys on, send the key that started the stream, or the stream's read ``token``.
     """
     state = state_of(request)
     after = _parse_last_event_id(last_event_id_header, last_event_id)
-    info = await state.store.get(stream_id)
+    info = await _readable(request, stream_id)
     if after > info.last_event_id:
         raise ApiError(
             400,
@@ -198,13 +321,25 @@ async def stream_events(
         )
     if info.status is not StreamStatus.RUNNING and after == info.last_event_id:
         return Response(status_code=204, headers={_STREAM_ID_HEADER: stream_id})
-    return event_stream_response(state, stream_id, after)
+    limit = state.settings.max_subscribers_per_stream
+    if limit and info.subscribers >= limit:
+        raise ApiError(
+            429,
+            "too_many_subscribers",
+            f"this stream already has {info.subscribers} subscribers, the most it may have",
+            headers={"Retry-After": "5"},
+        )
+    return event_stream_response(state, security_of(request), stream_id, after)
 
 
 @router.get("/{stream_id}", summary="Stream status")
-async def stream_status(request: Request, stream_id: str) -> dict[str, Any]:
+async def stream_status(
+    request: Request,
+    stream_id: str,
+    token: Annotated[str | None, Query(max_length=200)] = None,
+) -> dict[str, Any]:
     """Status JSON: running / done / error / cancelled, counts, usage."""
-    info = await state_of(request).store.get(stream_id)
+    info = await _readable(request, stream_id)
     return info.to_dict()
 
 
@@ -216,7 +351,7 @@ async def cancel_stream(request: Request, stream_id: str) -> JSONResponse:
     ``cancel_requested`` if the producer (maybe another instance) has not confirmed yet.
     """
     state = state_of(request)
-    info = await state.store.get(stream_id)
+    info = await _readable(request, stream_id, cancel=True)
     if info.status is StreamStatus.RUNNING:
         await state.jobs.cancel(stream_id, "client")
         info = await _wait_finished(state, stream_id, info.last_event_id, 1.0)

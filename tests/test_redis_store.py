@@ -1,0 +1,270 @@
+"""The Redis store across instances: two ``RedisStore`` objects on one real ``redis-server``
+stand for two gateway processes. (The shared contract suite runs in ``test_store.py``.)"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, aclosing
+
+import anyio
+import pytest
+
+from instance_helpers import RedisServer, running_redis
+from ssegate import StoreUnavailableError, StreamNotFoundError
+from ssegate.store import ProducerLostError, StoredEvent, StreamStatus
+from ssegate.store.redis import RedisStore, RedisStoreConfig
+
+pytestmark = [pytest.mark.anyio, pytest.mark.redis]
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    with running_redis() as server:
+        yield server
+
+
+@pytest.fixture
+async def pair(redis_server: RedisServer) -> AsyncIterator[tuple[RedisStore, RedisStore]]:
+    """Two instances sharing one key prefix (lease 0.5 s)."""
+    config = RedisStoreConfig(
+        url=redis_server.url, key_prefix=f"t{secrets.token_hex(4)}:", lease_ttl=0.5
+    )
+    async with RedisStore(config) as a, RedisStore(config) as b:
+        yield a, b
+
+
+def sid() -> str:
+    return "st_" + secrets.token_hex(8)
+
+
+async def test_two_instances_never_hand_out_one_id_twice(
+    pair: tuple[RedisStore, RedisStore],
+) -> None:
+    a, b = pair
+    stream = sid()
+    await a.create(stream, model="m", provider="p")
+    ids: list[int] = []
+
+    async def appender(store: RedisStore, tag: str) -> None:
+        for i in range(100):
+            ids.append((await store.append(stream, "delta", f'{{"{tag}":{i}}}')).id)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(appender, a, "a")
+        tg.start_soon(appender, b, "b")
+    await b.finish(stream, StreamStatus.DONE, "{}")
+    assert sorted(ids) == list(range(1, 201))
+    assert [e.id for e in await b.read(stream)] == list(range(1, 202))
+    assert (await a.get(stream)).last_event_id == 201
+
+
+async def test_followers_on_another_instance_get_live_events_encoded_once(
+    pair: tuple[RedisStore, RedisStore],
+) -> None:
+    a, b = pair
+    stream = sid()
+    await a.create(stream, model="m", provider="p")
+    await a.append(stream, "start", "{}")
+    got: dict[int, list[StoredEvent]] = {0: [], 1: []}
+    caught_up = {0: anyio.Event(), 1: anyio.Event()}
+
+    async def follower(n: int) -> None:
+        async with aclosing(b.follow(stream)) as events:
+            async for event in events:
+                got[n].append(event)
+                caught_up[n].set()
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(follower, 0)
+            tg.start_soon(follower, 1)
+            await caught_up[0].wait()  # both read the backlog; the rest comes live
+            await caught_up[1].wait()
+            for i in range(50):
+                await a.append(stream, "delta", f'{{"text":"t{i}"}}')
+            await a.finish(stream, StreamStatus.DONE, '{"finish_reason":"stop"}')
+    assert [e.id for e in got[0]] == list(range(1, 53))
+    assert [e.id for e in got[1]] == list(range(1, 53))
+    assert got[0][-1].event == "done"
+    # Live events reached B once through pub/sub and were built (encoded) once there.
+    shared = sum(x.encoded is y.encoded for x, y in zip(got[0][1:], got[1][1:], strict=True))
+    assert shared >= 45
+    assert b.statistics().followers == 0
+
+
+async def test_cancel_from_another_instance_reaches_the_producer_at_once(
+    pair: tuple[RedisStore, RedisStore],
+) -> None:
+    a, b = pair
+    stream = sid()
+    await a.create(stream, model="m", provider="p")
+    causes: list[str] = []
+    heard = anyio.Event()
+
+    async def producer_watch() -> None:
+        causes.append(await a.wait_cancel(stream))
+        heard.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(producer_watch)
+        await anyio.wait_all_tasks_blocked()
+        started = anyio.current_time()
+        assert await b.request_cancel(stream, "client") is True
+        with anyio.fail_after(0.5):
+            await heard.wait()
+    assert causes == ["client"]
+    assert anyio.current_time() - started < 0.5
+
+
+async def test_subscribers_of_a_dead_instance_expire_with_their_lease(
+    redis_server: RedisServer,
+) -> None:
+    config = RedisStoreConfig(
+        url=redis_server.url, key_prefix=f"t{secrets.token_hex(4)}:", lease_ttl=0.6
+    )
+    async with RedisStore(config) as a, AsyncExitStack() as stack:
+        b = await stack.enter_async_context(RedisStore(config))
+        stream = sid()
+        await a.create(stream, model="m", provider="p")
+        await stack.enter_async_context(b.subscriber(stream))
+        assert (await a.get(stream)).subscribers == 1
+        await b.aclose()  # B "dies": its subscriber is never counted out
+        started = anyio.current_time()
+        with anyio.fail_after(5):
+            await a.wait_abandoned(stream, 0.1)
+        waited = anyio.current_time() - started
+        assert 0.3 < waited < 0.6 + 0.1 + 0.5
+        assert (await a.get(stream)).subscribers == 0
+
+
+async def test_followers_elsewhere_notice_a_producer_that_stops(
+    redis_server: RedisServer,
+) -> None:
+    config = RedisStoreConfig(
+        url=redis_server.url, key_prefix=f"t{secrets.token_hex(4)}:", lease_ttl=0.5
+    )
+    async with RedisStore(config) as b:
+        stream = sid()
+        async with RedisStore(config) as a:
+            await a.create(stream, model="m", provider="p")
+            await a.append(stream, "start", "{}")
+        stopped = anyio.current_time()  # A is gone and renews nothing
+        got: list[int] = []
+
+        async def follow() -> None:
+            with anyio.fail_after(5):
+                async with aclosing(b.follow(stream)) as events:
+                    async for event in events:
+                        got.append(event.id)
+
+        with pytest.raises(ProducerLostError):
+            await follow()
+        assert got == [1]
+        assert anyio.current_time() - stopped < 0.5 + 0.3
+        assert not await b.producer_alive(stream)
+
+
+async def test_unreachable_redis_fails_clearly_without_leaking_the_password() -> None:
+    port = RedisServer().port  # nothing listens there
+    config = RedisStoreConfig(url=f"redis://:s3cret@127.0.0.1:{port}/0", connect_timeout=1)
+    with pytest.raises(StoreUnavailableError) as info:
+        async with RedisStore(config):
+            pass
+    assert f"cannot reach Redis at redis://:***@127.0.0.1:{port}/0" in info.value.message
+    assert "s3cret" not in info.value.message
+    assert info.value.retryable
+
+
+async def test_password_protected_redis() -> None:
+    server = RedisServer(None, "--requirepass", "pw-1").start()
+    try:
+        good = RedisStoreConfig(url=f"redis://:pw-1@127.0.0.1:{server.port}/0")
+        async with RedisStore(good) as store:
+            stream = sid()
+            await store.create(stream, model="m", provider="p")
+            assert (await store.get(stream)).status is StreamStatus.RUNNING
+        bad = RedisStoreConfig(url=f"redis://:nope@127.0.0.1:{server.port}/0")
+        with pytest.raises(StoreUnavailableError):
+            async with RedisStore(bad):
+                pass
+    finally:
+        server.stop()
+
+
+async def test_the_store_rides_out_a_redis_restart() -> None:
+    server = RedisServer().start()
+    try:
+        config = RedisStoreConfig(url=server.url, connect_timeout=0.5, lease_ttl=5)
+        async with RedisStore(config) as store:
+            stream = sid()
+            await store.create(stream, model="m", provider="p")
+            outcome: list[BaseException | str] = []
+            ended = anyio.Event()
+
+            async def producer_watch() -> None:
+                try:
+                    outcome.append(await store.wait_cancel(stream))
+                except StreamNotFoundError as exc:
+                    outcome.append(exc)
+                ended.set()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(producer_watch)
+                await anyio.wait_all_tasks_blocked()
+                server.stop()
+                started = anyio.current_time()
+                with pytest.raises(StoreUnavailableError):
+                    await store.create(sid(), model="m", provider="p")
+                assert anyio.current_time() - started < 1.0  # fails fast: a 503, not a hang
+                assert outcome == []  # the cancel watch waits for Redis to come back
+                server.start()  # empty: the stream was lost with the restart
+                with anyio.fail_after(10):
+                    await ended.wait()
+            assert isinstance(outcome[0], StreamNotFoundError)
+            # Stale pooled connections are replaced: the store works again.
+            fresh = sid()
+            await store.create(fresh, model="m", provider="p")
+            await store.append(fresh, "start", "{}")
+            assert [e.id for e in await store.read(fresh)] == [1]
+    finally:
+        server.stop()
+
+
+async def test_memory_per_stream(redis_server: RedisServer) -> None:
+    """What a typical finished 500-event stream costs in Redis (docs/deploy.md quotes it)."""
+    import redis.asyncio
+
+    prefix = f"t{secrets.token_hex(4)}:"
+    config = RedisStoreConfig(url=redis_server.url, key_prefix=prefix)
+    async with RedisStore(config) as store:
+        stream = sid()
+        await store.create(stream, model="gpt-4o-mini", provider="openai")
+        await store.append(stream, "start", f'{{"stream_id":"{stream}","model":"gpt-4o-mini"}}')
+        for i in range(497):
+            await store.append(stream, "delta", f'{{"text":" word{i % 50}"}}')
+        await store.append(stream, "usage", '{"prompt_tokens":25,"completion_tokens":497}')
+        await store.finish(stream, StreamStatus.DONE, '{"finish_reason":"stop"}')
+    client = redis.asyncio.Redis.from_url(redis_server.url)
+    try:
+        total = 0
+        for suffix in (":m", ":e"):
+            used = await client.memory_usage(f"{prefix}{{{stream}}}{suffix}", samples=0)
+            total += int(used or 0)
+    finally:
+        await client.aclose()
+    print(f"\nRedis memory for one finished 500-event stream: {total} bytes")
+    assert 5_000 < total < 100_000
+
+
+async def test_a_live_instance_keeps_renewing_its_subscribers(redis_server: RedisServer) -> None:
+    config = RedisStoreConfig(url=redis_server.url, key_prefix="r:", lease_ttl=0.3)
+    async with RedisStore(config) as store:
+        stream = sid()
+        await store.create(stream, model="m", provider="p")
+        async with store.subscriber(stream):
+            with anyio.move_on_after(1.0) as scope:  # over three lease periods
+                await store.wait_abandoned(stream, 0.1)
+            assert scope.cancelled_caught  # still counted: renewed, not expired
+            assert (await store.get(stream)).subscribers == 1
+        assert (await store.get(stream)).subscribers == 0
