@@ -21,6 +21,7 @@ from ..store import Store
 from ..store.memory import MemoryStore, MemoryStoreConfig
 from ._auth import GatewaySecurity
 from ._errors import install_error_handlers
+from ._http import DEFAULT_MAX_HEAD_BYTES, bounded_http_protocol
 from ._logging import logging_config
 from ._metrics import GatewayMetrics, MeteredStore, ObserverFanout
 from ._models import build_registry
@@ -178,7 +179,7 @@ def run(settings: Settings) -> int:
         log_level=settings.log_level,
         log_config=log_config,
         loop="uvloop",
-        http="httptools",
+        http=bounded_http_protocol(DEFAULT_MAX_HEAD_BYTES),
         lifespan="on",
         timeout_graceful_shutdown=int(settings.drain_timeout) + 10,
     )
