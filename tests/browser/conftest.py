@@ -31,13 +31,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     setattr(item, f"rep_{report.when}", report)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def playwright_() -> Iterator[Playwright]:
     with sync_playwright() as p:
         yield p
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(playwright_: Playwright) -> Iterator[Browser]:
     executable = os.environ.get("SSEGATE_CHROMIUM", CHROMIUM)
     if not Path(executable).is_file():
@@ -52,13 +52,13 @@ def browser(playwright_: Playwright) -> Iterator[Browser]:
     browser.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def mock() -> Iterator[MockUpstream]:
     with MockUpstream() as upstream:
         yield upstream
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def gateway(mock: MockUpstream) -> Iterator[RunningServer]:
     settings = Settings(
         provider="openai", base_url=mock.url + "/v1", model="mock", retry_ms=RETRY_MS
@@ -67,7 +67,7 @@ def gateway(mock: MockUpstream) -> Iterator[RunningServer]:
         yield server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def keyed_gateway(mock: MockUpstream) -> Iterator[RunningServer]:
     """A gateway that wants an API key on /v1/ (the page itself stays public)."""
     settings = Settings(
