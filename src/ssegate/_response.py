@@ -1,20 +1,30 @@
 """``EventSourceResponse``: an ASGI response that writes an async iterable of events.
 
-One response runs at most four jobs as siblings in one task group, and the first that ends the
-stream cancels the rest:
+One response runs two tasks in one task group — its own and one child — and the first that
+ends the stream cancels the other:
 
-* the **writer** (the response's own task) sends whatever is buffered in one ``send()``;
-* the **producer** pulls events from the content into a bounded buffer, so events that arrive
-  while ``send()`` is slow leave in one coalesced write instead of one write each;
-* the **listener** waits on ``receive()`` for ``http.disconnect``, so a client that leaves is
-  noticed at once even while the producer is idle;
-* the **watchdog** (only when a heartbeat, ``send_timeout`` or ``max_duration`` is set) is one
-  timer per connection: it queues a ``: ping`` comment after ``ping_interval`` seconds without a
-  write, ends the stream when one write blocks longer than ``send_timeout``, and ends it after
-  ``max_duration``. Writes only move a timestamp; no event starts a timer or a task.
+* the **producer** (the child) pulls events from the content. An event that took a wait (a
+  token, after the model thought) is written by the producer itself when the writer is idle:
+  no hand-over, no event-loop turn of latency. Events that come back to back (a burst, a
+  replay) go into a bounded buffer instead;
+* the **writer** (the response's own task) sends whatever is buffered in one ``send()``, so
+  events that arrive while ``send()`` is slow leave in one coalesced write, not one each;
+* **listening for the client leaving** is done by whichever of the two has nothing to do —
+  the writer while nothing is buffered, the producer while the buffer is full — by awaiting
+  ``receive()`` in a cancel scope that the other cancels when there is work. A client that
+  leaves is noticed at once even while the producer is idle, with no task kept just for it;
+* the **watchdog** (only when a heartbeat, ``send_timeout`` or ``max_duration`` is set) queues
+  a ``: ping`` comment after ``ping_interval`` seconds without a write, ends the stream when
+  one write blocks longer than ``send_timeout``, and ends it after ``max_duration``. On asyncio
+  it is an entry in one heap per event loop behind one loop timer (:class:`_Timers`), elsewhere
+  a third task. Writes only move a timestamp; no event starts a timer or a task.
+
+An idle stream therefore costs its two tasks, a cancel scope and a heap entry (about 10 KB of
+Python objects beyond what the server itself keeps per connection; docs/performance.md).
 
 When the stream ends early the producer is cancelled and the content iterator is closed
-(``aclose()``, shielded, bounded by ``close_timeout``), so its ``finally`` blocks run.
+(``aclose()``, shielded, bounded by ``close_timeout``), so its ``finally`` blocks run. On
+shutdown or ``max_duration``, events already buffered are written before the body ends.
 
 Server shutdown: uvicorn, on SIGTERM, stops accepting and then waits — without a bound unless
 ``timeout_graceful_shutdown`` is set — for open responses to end; it does not tell them (it sends
@@ -32,7 +42,9 @@ A ``HEAD`` request gets the headers and an empty body: streaming on ``HEAD`` wou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
+import functools
 import heapq
 import logging
 import math
@@ -254,6 +266,31 @@ _END = b"\n\n"
 _FINAL: dict[str, Any] = {"type": "http.response.body", "body": b"", "more_body": False}
 
 
+_DEFAULT_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+@functools.lru_cache(maxsize=16)
+def _default_raw_headers(media_type: str, charset: str) -> tuple[tuple[bytes, bytes], ...]:
+    """What ``Response.init_headers(_DEFAULT_HEADERS)`` makes for a body-less response,
+    made once (the content type as Starlette writes it, with its charset)."""
+    if media_type.startswith("text/") and "charset=" not in media_type.lower():
+        media_type += "; charset=" + charset
+    return (
+        *(
+            (name.encode("latin-1"), value.encode("latin-1"))
+            for name, value in _DEFAULT_HEADERS.items()
+        ),
+        (b"content-type", media_type.encode("latin-1")),
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _ping_bytes(comment: str) -> bytes:
+    """The heartbeat's bytes, encoded once and shared by every stream (one fewer object per
+    open connection)."""
+    return encode_comment(comment)
+
+
 def _item_bytes(item: object) -> bytes:
     """Encode one content item (most common types first)."""
     if isinstance(item, bytes):
@@ -327,14 +364,19 @@ class EventSourceResponse(Response):
         self.options = replace(base, **overrides) if overrides else base
         self.status_code = status_code
         self.background = background
-        merged = {"cache-control": "no-cache", "x-accel-buffering": "no"}
-        for name, value in (headers or {}).items():
-            merged[name.lower()] = value
-        self.init_headers(merged)
+        if headers:
+            merged = dict(_DEFAULT_HEADERS)
+            for name, value in headers.items():
+                merged[name.lower()] = value
+            self.init_headers(merged)
+        else:
+            # The usual case: a fresh list of shared (immutable) tuples, not new bytes per
+            # response — a few hundred bytes less per open stream.
+            self.raw_headers = list(_default_raw_headers(self.media_type, self.charset))
         self._content = content
         self._shutdown = shutdown
         self._used = False
-        self._ping = encode_comment(self.options.ping_comment)
+        self._ping = _ping_bytes(self.options.ping_comment)
         #: Why the stream ended; ``None`` until it has.
         self.close_reason: CloseReason | None = None
         self._run: _Stream | None = None
@@ -407,18 +449,21 @@ class EventSourceResponse(Response):
                 run.scope = tg.cancel_scope
                 if shutdown is not None:
                     unsubscribe = shutdown._subscribe(run.on_shutdown)
-                tg.start_soon(run.produce)
-                tg.start_soon(run.listen, receive)
-                if (
-                    options.ping_interval is not None
-                    or options.send_timeout is not None
-                    or options.max_duration is not None
-                ):
-                    if run.loop is not None:
-                        run.on_timer(time.monotonic())  # a shared loop timer, no task
-                    else:
-                        tg.start_soon(run.watch)
-                await run.write(send)
+                if run.reason is not None:  # shutting down already: end at once, empty
+                    run.chunks.clear()
+                else:
+                    tg.start_soon(run.listen_first, receive)
+                    tg.start_soon(run.produce, send, receive)
+                    if (
+                        options.ping_interval is not None
+                        or options.send_timeout is not None
+                        or options.max_duration is not None
+                    ):
+                        if run.loop is not None:
+                            run.on_timer(time.monotonic())  # a shared loop timer, no task
+                        else:
+                            tg.start_soon(run.watch)
+                    await run.write(send, receive)
                 tg.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             raise _collapse(group) from None
@@ -428,8 +473,14 @@ class EventSourceResponse(Response):
                 unsubscribe()
             self.close_reason = run.reason
         if run.reason in (CloseReason.SHUTDOWN, CloseReason.TIMEOUT):
-            # The stream ended early but the client is still there: end the body cleanly.
-            with anyio.move_on_after(options.close_timeout):
+            # The stream ended early but the client is still there: write the events already
+            # made (a client resuming elsewhere then starts after them), end the body cleanly.
+            with anyio.move_on_after(options.close_timeout), contextlib.suppress(OSError):
+                if run.chunks:
+                    body = b"".join(run.chunks)
+                    run.chunks.clear()
+                    run.buffered = 0
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
                 await send(_FINAL)
         elif run.error is not None:
             if run.reason is CloseReason.ERROR:
@@ -453,8 +504,8 @@ async def _aclose(iterator: object, limit: float) -> None:
         log.warning("closing the event stream's content iterator took over %s s", limit)
 
 
-# Hand-offs between a stream's tasks happen once per write; on asyncio a bare future does
-# the job for a third of the cost of an anyio.Event (measured), so it is used there.
+# The writer's (rare) wait for the producer's own write to finish: on asyncio a bare future
+# costs a third of an anyio.Event (measured), so it is used there.
 _Waiter: TypeAlias = "asyncio.Future[None] | anyio.Event"
 
 
@@ -543,9 +594,7 @@ class _Timers:
 
 
 # Per event loop; weak, so a closed loop takes its timers with it.
-_timers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Timers] = (
-    weakref.WeakKeyDictionary()
-)
+_timers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Timers] = weakref.WeakKeyDictionary()
 
 
 def _timers_of(loop: asyncio.AbstractEventLoop) -> _Timers:
@@ -559,23 +608,29 @@ class _Stream:
     """The state of one response while it streams; its methods are the sibling tasks."""
 
     __slots__ = (
+        "armed",
         "buffered",
         "bytes_sent",
         "chunks",
         "error",
         "events",
+        "full",
         "iterator",
         "last_write",
+        "listener",
         "loop",
         "options",
+        "parked",
         "ping",
         "pings",
         "producer_done",
         "reason",
         "scope",
+        "send_done",
         "sending_since",
         "space",
         "started",
+        "ticked",
         "ticket",
         "wake",
         "writes",
@@ -591,8 +646,24 @@ class _Stream:
         self.chunks: list[bytes] = []
         self.buffered = 0
         self.loop = _asyncio_loop()
-        self.wake: _Waiter | None = None  # set while the writer waits for chunks
-        self.space: _Waiter | None = None  # set while the producer waits for room
+        # Listening for the client leaving. Until the request body has been received, a
+        # listener task does it (``listener``), and the idle writer and a producer held back
+        # by a full buffer wait on ``wake`` and ``space``. After that — at once for a GET —
+        # the listener ends and whoever has nothing to do listens instead: the writer while
+        # nothing is buffered (``parked``), the producer while the buffer is full (``full``);
+        # cancelling the scope wakes them. (A ``receive()`` that would have returned the body
+        # is never cancelled: granian takes that for a disconnect.)
+        self.listener = True
+        self.wake: _Waiter | None = None
+        self.space: _Waiter | None = None
+        self.parked: anyio.CancelScope | None = None
+        self.full: anyio.CancelScope | None = None
+        self.send_done: _Waiter | None = None  # set while the writer waits for an inline send
+        # Whether the producer gave the event loop a turn since its last item (the canary, a
+        # ``call_soon`` callback, sets ``ticked``): an item that took a wait is written at once
+        # by the producer; one that came straight after another is part of a burst.
+        self.ticked = False
+        self.armed = False
         self.producer_done = False
         self.error: Exception | None = None
         self.reason: CloseReason | None = None
@@ -616,42 +687,144 @@ class _Stream:
     def push(self, chunk: bytes) -> None:
         self.chunks.append(chunk)
         self.buffered += len(chunk)
+        self.unpark()
+
+    def unpark(self) -> None:
+        """Wake the idle writer: there is something to do."""
+        parked = self.parked
+        if parked is not None:
+            self.parked = None
+            parked.cancel()
         wake = self.wake
         if wake is not None:
             self.wake = None
             _fire(wake)
 
-    async def produce(self) -> None:
-        limit = self.options.max_buffer_bytes
-        try:
-            async for item in self.iterator:
-                chunk = _item_bytes(item)
-                self.events += 1
-                if not chunk:
-                    continue
-                self.push(chunk)
-                if self.buffered >= limit:
-                    space = self.space = _waiter(self.loop)
-                    await _wait(space)
-        except Exception as exc:
-            self.error = exc
-        self.producer_done = True
-        wake = self.wake
-        if wake is not None:
-            self.wake = None
-            _fire(wake)
+    def make_room(self) -> None:
+        """Wake the producer held back by a full buffer."""
+        full = self.full
+        if full is not None:
+            self.full = None
+            full.cancel()
+        space = self.space
+        if space is not None:
+            self.space = None
+            _fire(space)
 
-    async def listen(self, receive: Receive) -> None:
+    async def listen_first(self, receive: Receive) -> None:
+        """The listener task: ``receive()`` until the request body is complete (then the
+        idle tasks take over) or the client leaves."""
         try:
             while True:
                 message = await receive()
-                if message["type"] == "http.disconnect":
+                kind = message["type"]
+                if kind == "http.disconnect":
                     break
+                if kind == "http.request" and not message.get("more_body", False):
+                    self.listener = False
+                    self.unpark()  # a writer waiting on ``wake`` now listens itself
+                    return
         except Exception:  # a server that fails receive() once the client is gone
             log.debug("receive() failed; treating the client as gone", exc_info=True)
         self.end(CloseReason.DISCONNECTED)
 
-    async def write(self, send: Send) -> None:
+    def tick(self) -> None:
+        self.armed = False
+        self.ticked = True
+
+    async def send_body(self, send: Send, body: bytes) -> bool:
+        """Write ``body``; ``False`` if the client is gone (the stream is then ending)."""
+        self.sending_since = time.monotonic()
+        try:
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+        except OSError:  # ASGI 2.4 servers raise it once the client is gone
+            self.end(CloseReason.DISCONNECTED)
+            return False
+        finally:
+            self.sending_since = None
+            done = self.send_done
+            if done is not None:
+                self.send_done = None
+                _fire(done)
+        self.last_write = time.monotonic()
+        self.writes += 1
+        self.bytes_sent += len(body)
+        return True
+
+    async def produce(self, send: Send, receive: Receive) -> None:
+        limit = self.options.max_buffer_bytes
+        loop = self.loop
+        chunks = self.chunks
+        try:
+            async for item in self.iterator:
+                waited = self.ticked
+                chunk = _item_bytes(item)
+                self.events += 1
+                if chunk:
+                    if (
+                        waited
+                        and (self.parked is not None or self.wake is not None)
+                        and not chunks
+                        and self.sending_since is None
+                    ):
+                        # The writer is idle, listening for a disconnect, and this item took a
+                        # wait (a token, not a burst): write it from here, which saves the
+                        # hand-over — a task switch and an event loop turn of latency.
+                        if not await self.send_body(send, chunk):
+                            return
+                    else:
+                        self.push(chunk)
+                        if self.buffered >= limit:
+                            if self.listener:
+                                space = self.space = _waiter(loop)
+                                await _wait(space)
+                            elif not await self.wait_for_room(receive):
+                                return
+                self.ticked = False
+                if loop is None:
+                    self.ticked = True  # no canary off asyncio: every item may go inline
+                elif not self.armed:
+                    self.armed = True
+                    loop.call_soon(self.tick)
+        except Exception as exc:
+            self.error = exc
+        self.producer_done = True
+        self.unpark()
+
+    async def listen(self, receive: Receive, scope: anyio.CancelScope) -> bool:
+        """Listen for the client leaving until ``scope`` is cancelled (``True``: there is
+        work again) or the client has left (``False``, and the stream is ending)."""
+        with scope:
+            try:
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        break
+            except Exception:  # a server that fails receive() once the client is gone
+                log.debug("receive() failed; treating the client as gone", exc_info=True)
+            self.end(CloseReason.DISCONNECTED)
+            return False
+        return True
+
+    async def park(self, receive: Receive) -> bool:
+        """The writer, with nothing to write: listen until a push (or the end) wakes it."""
+        scope = self.parked = anyio.CancelScope()
+        try:
+            return await self.listen(receive, scope)
+        finally:
+            if self.parked is scope:
+                self.parked = None
+
+    async def wait_for_room(self, receive: Receive) -> bool:
+        """The producer, with the buffer full: listen until the writer makes room."""
+        scope = self.full = anyio.CancelScope()
+        try:
+            return await self.listen(receive, scope)
+        finally:
+            if self.full is scope:
+                self.full = None
+
+    async def write(self, send: Send, receive: Receive) -> None:
         chunks = self.chunks
         limit = self.options.max_write_bytes
         buffer_limit = self.options.max_buffer_bytes
@@ -659,8 +832,15 @@ class _Stream:
             if not chunks:
                 if self.producer_done:
                     break
-                wake = self.wake = _waiter(self.loop)
-                await _wait(wake)
+                if self.listener:
+                    wake = self.wake = _waiter(self.loop)
+                    await _wait(wake)
+                elif not await self.park(receive):
+                    return
+                continue
+            if self.sending_since is not None:  # the producer is writing one: let it finish
+                done = self.send_done = _waiter(self.loop)
+                await _wait(done)
                 continue
             if len(chunks) == 1:
                 body = chunks[0]
@@ -679,20 +859,10 @@ class _Stream:
                 body = b"".join(chunks[:taken]) if taken > 1 else chunks[0]
                 del chunks[:taken]
             self.buffered -= len(body)
-            space = self.space
-            if space is not None and self.buffered < buffer_limit:
-                self.space = None
-                _fire(space)
-            self.sending_since = time.monotonic()
-            try:
-                await send({"type": "http.response.body", "body": body, "more_body": True})
-            except OSError:  # ASGI 2.4 servers raise it once the client is gone
-                self.end(CloseReason.DISCONNECTED)
+            if self.buffered < buffer_limit:
+                self.make_room()
+            if not await self.send_body(send, body):
                 return
-            self.last_write = time.monotonic()
-            self.sending_since = None
-            self.writes += 1
-            self.bytes_sent += len(body)
         if self.error is not None:
             if self.reason is None:
                 self.reason = CloseReason.ERROR
