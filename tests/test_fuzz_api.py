@@ -309,7 +309,12 @@ def http_requests(draw: st.DrawFn, target: Target) -> dict[str, Any]:
     method, template = draw(st.sampled_from(target.routes))
     if draw(st.integers(0, 3)) == 0:
         # A valid request to the route, now and then, so the deep paths run too.
-        body = json.dumps(draw(_VALID_CHAT)).encode() if method == "POST" else None
+        chat = draw(_VALID_CHAT)
+        if draw(st.booleans()):
+            # One field of the wrong type: the validation paths (422, or OpenAI's 400) run
+            # often enough that every run reaches them, not 0.2% of the time.
+            chat[draw(st.sampled_from(["max_tokens", "messages", "on_disconnect"]))] = "x" * 3
+        body = json.dumps(chat).encode() if method == "POST" else None
         return {
             "method": method,
             "url": target.url + template.replace("{stream_id}", target.stream_id),
