@@ -32,6 +32,7 @@ from .._errors import StoreError, StoreUnavailableError, StreamNotFoundError
 from ._base import TERMINAL_EVENTS, StoredEvent
 from ._redis_keys import RedisStoreConfig, stream_channels, stream_keys
 from ._redis_scripts import SCRIPTS
+from ._redis_writer import ScriptWriter
 
 __all__ = ["RedisHub", "Watch"]
 
@@ -152,6 +153,8 @@ class RedisHub:
         self._subscribers: dict[str, tuple[str, bytes, bytes]] = {}  # member -> keys, channel
         self._produced = 0
         self._scripts: dict[str, Any] = {}
+        # Every script call goes through one pipelined writer (see _redis_writer).
+        self._writer = ScriptWriter(self._client, self._scripts, self._translate)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -196,6 +199,7 @@ class RedisHub:
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
+        tg.start_soon(self._background, self._writer.run, name="ssegate redis writer")
         tg.start_soon(self._background, self._listen, name="ssegate redis pub/sub")
         tg.start_soon(self._background, self._renew_subscribers, name="ssegate redis renewals")
         return self
@@ -219,6 +223,7 @@ class RedisHub:
         self._closed_event.set()
         for scope in self._bg_scopes:
             scope.cancel()
+        self._writer.stop(StoreUnavailableError("the store is closed"))
         for watch in list(self._watches.values()):
             watch.wake_all()
         with anyio.CancelScope(shield=True):
@@ -273,9 +278,9 @@ class RedisHub:
         return self._redis
 
     async def _run(self, name: str, keys: list[bytes], args: list[Any]) -> Any:
+        """Run a script in the writer's next batch (``StoreError`` as ``_translate`` says)."""
         self._client()
-        with self._translate():
-            return await self._scripts[name](keys=keys, args=args)
+        return await self._writer.call(name, keys, args)
 
     def _keys(self, sid: str) -> tuple[bytes, bytes, bytes, bytes]:
         return stream_keys(self.config.key_prefix, sid)

@@ -31,18 +31,24 @@ redis.call('SET', KEYS[2], '1', 'PX', ARGV[5])
 return created
 """
 
-# KEYS: meta, events, lease. ARGV: event, data, maxlen, lease_ms, keep_ms, data channel
+# KEYS: meta, events, lease. ARGV: maxlen, lease_ms, keep_ms, data channel, then one or more
+# (event, data) pairs, appended in order with consecutive ids. Returns the first id.
 _APPEND = """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return -1 end
 if st ~= 'running' then return -2 end
-local id = redis.call('HINCRBY', KEYS[1], 'last_id', 1)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], id .. '-0', 'e', ARGV[1], 'd', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-redis.call('PEXPIRE', KEYS[2], ARGV[5])
-redis.call('SET', KEYS[3], '1', 'PX', ARGV[4])
-redis.call('PUBLISH', ARGV[6], id .. '\\n' .. ARGV[1] .. '\\n' .. ARGV[2])
-return id
+local n = (#ARGV - 4) / 2
+local first = redis.call('HINCRBY', KEYS[1], 'last_id', n) - n + 1
+for i = 0, n - 1 do
+  local id = first + i
+  local e, d = ARGV[5 + 2 * i], ARGV[6 + 2 * i]
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], id .. '-0', 'e', e, 'd', d)
+  redis.call('PUBLISH', ARGV[4], id .. '\\n' .. e .. '\\n' .. d)
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('SET', KEYS[3], '1', 'PX', ARGV[2])
+return first
 """
 
 # KEYS: meta, events, lease, subs. ARGV: status, data, maxlen, usage, error, cause, ttl_ms,

@@ -11,6 +11,11 @@ no event (the status is checked in the script), and ``finish`` appends the termi
 the status and the TTL in one step. Scripts read the server's clock (``TIME``), so instances'
 clocks don't matter. Only commands of Redis ≤ 6.2 are used.
 
+**Writes are batched** (``ssegate.store._redis_writer``): script calls queue up and one writer
+sends them as a pipeline on one connection, the appends of one stream coalesced into one call
+(ids still consecutive, in queue order). However many streams produce, writes hold one pooled
+connection and a token costs a share of a round trip, not a round trip of its own.
+
 **Following without a connection per follower.** Each instance holds one pub/sub connection.
 While something in the process waits on a stream (a follower, the producer's cancel watcher,
 the abandon watcher), the instance subscribes to its channels and keeps a *watch*: the last
@@ -21,7 +26,8 @@ or the follower is behind the cache). Events appended by this same instance reac
 followers directly, without the pub/sub round trip. A producer that dies is noticed by the
 followers' lease check (``PTTL``), done only when the lease may have run out.
 
-**Faults.** A command that fails (refused, reset, timed out, no pooled connection free) raises
+**Faults.** A command that fails (refused, reset, timed out, no pooled connection free within
+``op_timeout``) raises
 :class:`~ssegate.StoreUnavailableError`; redis-py retries it once on a fresh connection, which
 covers pooled connections made stale by a Redis restart. The pub/sub connection reconnects by
 itself with bounded back-off (50 ms doubling to 2 s) and, once back, wakes every waiter so it
@@ -131,10 +137,12 @@ class RedisStore(RedisHub, Store):
             raise ValueError("event type must not contain CR or LF")
         meta, events, lease, _ = self._keys(stream_id)
         _, data_channel = self._channels(stream_id)
-        result = await self._run(
-            "append",
+        self._client()
+        result = await self._writer.append(
             [meta, events, lease],
-            [event, data, self.config.max_events, self._lease_ms, self._keep_ms, data_channel],
+            [self.config.max_events, self._lease_ms, self._keep_ms, data_channel],
+            event,
+            data,
         )
         stored = self._check_id(result, "append")
         stored_event = StoredEvent.build(stored, event, data)

@@ -96,17 +96,21 @@ def _parse_last_event_id(header: str | None, query: str | None) -> int:
 
 
 async def _events(state: GatewayState, stream_id: str, after: int) -> AsyncIterator[bytes]:
-    """The stored events after ``after``, encoded once by the store; faults as ``error``."""
+    """The stored events after ``after``, encoded once by the store; faults as ``error``.
+
+    Any store fault, counting the subscriber in included (the headers are sent by then), ends
+    the body with an ``error`` event rather than cutting it off.
+    """
     store = state.store
-    async with store.subscriber(stream_id):
-        try:
+    try:
+        async with store.subscriber(stream_id):
             async with aclosing(store.follow(stream_id, after)) as events:
                 async for event in events:
                     yield event.encoded
-        except StreamNotFoundError:
-            yield _error_event("not_found", "the stream is gone", retryable=False)
-        except StoreError as exc:  # gap, producer_lost, store_unavailable: say so and end
-            yield _error_event(exc.code, exc.message, retryable=exc.retryable)
+    except StreamNotFoundError:
+        yield _error_event("not_found", "the stream is gone", retryable=False)
+    except StoreError as exc:  # gap, producer_lost, store_unavailable: say so and end
+        yield _error_event(exc.code, exc.message, retryable=exc.retryable)
 
 
 def _error_event(code: str, message: str, *, retryable: bool) -> bytes:

@@ -1,0 +1,239 @@
+"""Group commit for the Redis store's scripts: every write goes through one pipeline.
+
+Each gateway write (``append``, ``finish``, ``create``, counting a subscriber in, …) is one Lua
+script. Sent one per round trip, 100 producers appending as fast as their upstreams send need
+100 pooled connections at once: the pool ran dry (``No connection available``) and every token
+paid a round trip of its own. Instead, callers queue their calls here and a single writer
+sends whatever is queued as one pipeline on one connection, waits for the replies, and hands
+each caller its own reply (or error). While a batch is in flight the next one gathers, so the
+batch grows with the load and the round trips per call shrink.
+
+Appends to the same stream in one batch are coalesced into one script call that adds them in
+queue order with consecutive ids (``HINCRBY last_id n``), so a stream costs one script call per
+round trip however many producers append to it. Order and ids are as if the calls ran one by
+one: a caller's reply comes only after Redis ran its script, so a producer that awaits each
+append still sees ids ``1, 2, 3, …``.
+
+A call cancelled before its batch is sent is dropped; one cancelled after is not undone (as
+with any command already on the wire). ``redis`` exceptions never leave this module: replies
+and failures are mapped by the hub's ``translate``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+import anyio
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+
+from .._errors import StoreError, StoreUnavailableError
+
+__all__ = ["ScriptWriter"]
+
+log = logging.getLogger("ssegate.store.redis")
+
+#: At most this many calls go out in one pipeline (bounds the request and the Lua arguments).
+MAX_BATCH = 512
+
+
+class _Call:
+    """One queued script call and, once its batch is back, its reply or error."""
+
+    __slots__ = ("args", "done", "error", "event", "keys", "name", "result", "sent")
+
+    def __init__(
+        self, name: str, keys: list[bytes], args: list[Any], event: tuple[str, str] | None
+    ) -> None:
+        self.name = name
+        self.keys = keys
+        self.args = args
+        self.event = event  # (type, data) for an append, coalesced with its stream's others
+        self.done = anyio.Event()
+        self.sent = False
+        self.result: Any = None
+        self.error: StoreError | None = None
+
+
+class _Command:
+    """One script call in a pipeline: a plain call, or the appends of one stream."""
+
+    __slots__ = ("args", "calls", "keys", "name")
+
+    def __init__(self, call: _Call) -> None:
+        self.name = call.name
+        self.keys = call.keys
+        self.args = list(call.args)
+        self.calls = [call]
+        if call.event is not None:
+            self.args += call.event
+
+
+class ScriptWriter:
+    """Queue script calls and send them in batches, one pipeline at a time (see the module
+    docstring). :meth:`run` is the writer; it runs in the store's task group."""
+
+    def __init__(
+        self,
+        client: Callable[[], Redis],
+        scripts: dict[str, Any],
+        translate: Callable[[], AbstractContextManager[None]],
+    ) -> None:
+        self._client = client
+        self._scripts = scripts  # name -> redis-py Script (its sha and source)
+        self._translate = translate
+        self._queue: deque[_Call] = deque()
+        self._ready = anyio.Event()
+        self._stopped: StoreError | None = None
+        self.batches = 0  # pipelines sent (for tests and statistics)
+
+    async def call(self, name: str, keys: list[bytes], args: list[Any]) -> Any:
+        """Run script ``name`` in the next batch and return its reply."""
+        return await self._submit(_Call(name, keys, args, None))
+
+    async def append(self, keys: list[bytes], args: list[Any], event: str, data: str) -> int:
+        """Append one event with the ``append`` script (``args`` without the event); returns
+        its id, or the script's negative status code."""
+        result = int(await self._submit(_Call("append", keys, args, (event, data))))
+        return result
+
+    async def _submit(self, call: _Call) -> Any:
+        if self._stopped is not None:
+            raise self._stopped
+        self._queue.append(call)
+        self._ready.set()
+        try:
+            await call.done.wait()
+        except BaseException:
+            if not call.sent:  # not on the wire yet: drop it
+                try:
+                    self._queue.remove(call)
+                except ValueError:
+                    pass
+            raise
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+    def stop(self, error: StoreError) -> None:
+        """Fail every queued call (and any later one) with ``error``."""
+        if self._stopped is None:
+            self._stopped = error
+        while self._queue:
+            call = self._queue.popleft()
+            call.error = error
+            call.done.set()
+
+    async def run(self) -> None:
+        """Send what is queued, batch after batch, until cancelled (then fail what is left)."""
+        batch: list[_Call] = []
+        try:
+            while True:
+                while not self._queue:
+                    if self._ready.is_set():
+                        self._ready = anyio.Event()
+                    await self._ready.wait()
+                batch = []
+                while self._queue and len(batch) < MAX_BATCH:
+                    call = self._queue.popleft()
+                    call.sent = True
+                    batch.append(call)
+                await self._send(batch)
+                batch = []
+        finally:
+            closed = StoreUnavailableError("the store is closed")
+            for call in batch:
+                if not call.done.is_set():
+                    call.error = closed
+                    call.done.set()
+            self.stop(closed)
+
+    # -- one batch -----------------------------------------------------------------------
+
+    async def _send(self, batch: list[_Call]) -> None:
+        commands: list[_Command] = []
+        streams: dict[bytes, _Command] = {}  # events key -> that stream's append command
+        for call in batch:
+            if call.event is not None:
+                command = streams.get(call.keys[1])
+                if command is not None:
+                    command.args += call.event
+                    command.calls.append(call)
+                    continue
+                command = _Command(call)
+                streams[call.keys[1]] = command
+            else:
+                command = _Command(call)
+            commands.append(command)
+        answered = False
+        try:
+            replies = await self._pipeline(commands)
+            missing = [c for c, r in zip(commands, replies, strict=True) if _no_script(r)]
+            if missing:
+                # Redis lost its scripts (a restart or SCRIPT FLUSH): load them and send
+                # these again; a NOSCRIPT reply means the call did not run.
+                client = self._client()
+                for name in {c.name for c in missing}:
+                    await client.script_load(self._scripts[name].script)
+                again = iter(await self._pipeline(missing))
+                replies = [next(again) if _no_script(r) else r for r in replies]
+            for command, reply in zip(commands, replies, strict=True):
+                self._resolve(command, reply)
+            answered = True
+        except StoreError as exc:
+            for call in batch:
+                call.error = exc
+            answered = True
+        except (redis_errors.RedisError, OSError) as exc:
+            error = self._error_of(exc)
+            for call in batch:
+                call.error = error
+            answered = True
+        finally:
+            self.batches += 1
+            if answered:  # else cancelled (the store closes): run() fails the batch
+                for call in batch:
+                    call.done.set()
+
+    async def _pipeline(self, commands: list[_Command]) -> list[Any]:
+        client = self._client()
+        async with client.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.execute_command(
+                    "EVALSHA",
+                    self._scripts[command.name].sha,
+                    len(command.keys),
+                    *command.keys,
+                    *command.args,
+                )
+            return list(await pipe.execute(raise_on_error=False))
+
+    def _resolve(self, command: _Command, reply: Any) -> None:
+        if isinstance(reply, Exception):
+            error = self._error_of(reply)
+            for call in command.calls:
+                call.error = error
+            return
+        if command.calls[0].event is None:
+            command.calls[0].result = reply
+            return
+        first = int(reply)
+        for offset, call in enumerate(command.calls):
+            # A negative status (no such stream, finished) applies to every coalesced call.
+            call.result = first if first < 0 else first + offset
+
+    def _error_of(self, exc: BaseException) -> StoreError:
+        try:
+            with self._translate():
+                raise exc
+        except StoreError as error:
+            return error
+        return StoreUnavailableError(f"Redis is unavailable: {exc}")  # pragma: no cover
+
+
+def _no_script(reply: Any) -> bool:
+    return isinstance(reply, redis_errors.NoScriptError)
