@@ -155,3 +155,56 @@ async def test_default_config_points_at_openai() -> None:
     assert provider.config == ProviderConfig(kind="openai")
     assert provider.config.resolved_base_url == "https://api.openai.com/v1"
     await provider.aclose()
+
+
+@pytest.mark.anyio
+async def test_coalesce_merges_a_burst_that_arrives_in_one_read(mock: MockUpstream) -> None:
+    provider = _provider(mock, coalesce=True)
+    # At full speed the mock writes the whole answer at once: one read, so one delta per run.
+    deltas = await _collect(provider, "[[reasoning:3]][[tokens:4]][[tool_call:f]]")
+    await provider.aclose()
+    assert deltas[:2] == [
+        ReasoningDelta("think0 think1 think2 "),
+        TextDelta("tok0 tok1 tok2 tok3 "),
+    ]
+    calls = [d for d in deltas if isinstance(d, ToolCallDelta)]
+    assert len(calls) > 1  # tool-call pieces are never merged
+    assert deltas[2 : 2 + len(calls)] == calls
+    assert isinstance(deltas[-2], Usage)
+    assert deltas[-1] == Finish("tool_calls")
+
+
+@pytest.mark.anyio
+async def test_coalesce_keeps_one_delta_per_read(mock: MockUpstream) -> None:
+    provider = _provider(mock, coalesce=True)
+    # Paced: each token is its own write, read on its own; nothing to merge.
+    deltas = await _collect(provider, "[[tokens:3]][[interval_ms:100]]")
+    await provider.aclose()
+    assert deltas[:3] == [TextDelta(f"tok{i} ") for i in range(3)]
+
+
+def test_coalesce_keeps_the_order_and_merges_only_neighbours() -> None:
+    from ssegate.providers._http import coalesce
+
+    call = ToolCallDelta(index=0, arguments="{")
+    deltas: list[Delta] = [
+        TextDelta("a"),
+        TextDelta("b"),
+        ReasoningDelta("r"),
+        ReasoningDelta("s"),
+        TextDelta("c"),
+        call,
+        TextDelta("d"),
+        Usage(1, 2),
+        Finish("stop"),
+    ]
+    assert coalesce(deltas) == [
+        TextDelta("ab"),
+        ReasoningDelta("rs"),
+        TextDelta("c"),
+        call,
+        TextDelta("d"),
+        Usage(1, 2),
+        Finish("stop"),
+    ]
+    assert coalesce([]) == []

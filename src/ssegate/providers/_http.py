@@ -24,7 +24,8 @@ the API key, configured header values, nor URL credentials reach logs or clients
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+import urllib.request
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
@@ -35,7 +36,6 @@ import httpx
 import orjson
 
 from .._errors import (
-    SseProtocolError,
     UpstreamConnectError,
     UpstreamError,
     UpstreamHTTPError,
@@ -43,8 +43,9 @@ from .._errors import (
     UpstreamStreamError,
     UpstreamTimeoutError,
 )
-from ..codec import Decoder, ServerSentEvent
-from ._base import Delta
+from ._base import Delta, ReasoningDelta, TextDelta
+from ._sse import UpstreamEvents
+from ._transport import LeanTransport
 
 __all__ = [
     "PROVIDER_KINDS",
@@ -86,6 +87,9 @@ class ProviderConfig:
     ``max_event_size`` bounds one SSE event or NDJSON line. ``default_max_tokens`` is sent to
     Anthropic (which requires ``max_tokens``) when the request has none. ``demo_rate`` is the
     demo model's speed in tokens per second (``None`` or ``0``: as fast as possible).
+    ``coalesce`` merges the text (and reasoning) deltas that arrive in one read of the
+    upstream into one delta, so a consumer that fell behind pays once per read, not once per
+    token; a paced stream (a token per read) is unchanged.
 
     The repr hides ``api_key``, header values and URL credentials.
     """
@@ -101,6 +105,7 @@ class ProviderConfig:
     default_max_tokens: int = 1024
     anthropic_version: str = "2023-06-01"
     demo_rate: float | None = 30.0
+    coalesce: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in PROVIDER_KINDS:
@@ -228,12 +233,22 @@ def stream_error(message: object, code: object, secrets: tuple[str, ...]) -> Ups
 
 
 def loads_chunk(data: str | bytes, what: str) -> dict[str, Any]:
-    """Parse one JSON chunk, which must be an object; else :class:`UpstreamProtocolError`."""
+    """Parse one JSON chunk, which must be an object; else :class:`UpstreamProtocolError`.
+
+    ``bytes`` are UTF-8, invalid sequences read as U+FFFD (what an SSE decoder does).
+    """
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError:
-        preview = data[:80] if isinstance(data, str) else data[:80].decode("utf-8", "replace")
-        raise UpstreamProtocolError(redact(f"malformed JSON in {what}: {preview!r}")) from None
+        text = data if isinstance(data, str) else data.decode("utf-8", "replace")
+        try:
+            if text is data:
+                raise
+            obj = orjson.loads(text)  # orjson refuses invalid UTF-8 that we replace
+        except orjson.JSONDecodeError:
+            raise UpstreamProtocolError(
+                redact(f"malformed JSON in {what}: {text[:80]!r}")
+            ) from None
     if not isinstance(obj, dict):
         raise UpstreamProtocolError(f"unexpected {what}: not a JSON object")
     return obj
@@ -317,30 +332,28 @@ async def _drain(chunks: AsyncIterator[bytes]) -> None:
 
 
 class SseParser:
-    """Base for SSE upstreams: decodes with our :class:`~ssegate.codec.Decoder`."""
+    """Base for SSE upstreams: reads events with :class:`~ssegate.providers._sse.UpstreamEvents`
+    (the WHATWG rules, a fast path for the usual ``data:`` lines)."""
 
     terminator = "end marker"
 
     def __init__(self, config: ProviderConfig) -> None:
         self.done = False
         self.secrets = config.secrets()
-        self._decoder = Decoder(
+        self._events = UpstreamEvents(
             max_line_size=config.max_event_size, max_event_size=config.max_event_size
         )
 
     def feed(self, data: bytes) -> Iterator[Delta]:
-        """Decode ``data`` and hand each complete event to :meth:`on_event`."""
-        try:
-            events = self._decoder.feed(data)
-        except SseProtocolError as exc:
-            raise UpstreamProtocolError(f"upstream stream broke a bound: {exc}") from None
-        for event in events:
-            yield from self.on_event(event)
+        """Read ``data`` and hand each complete event to :meth:`on_event`."""
+        for event, payload in self._events.feed(data):
+            yield from self.on_event(event, payload)
             if self.done:
                 return
 
-    def on_event(self, event: ServerSentEvent) -> Iterator[Delta]:
-        """Yield the deltas of one upstream event (subclasses)."""
+    def on_event(self, event: str, data: bytes) -> Iterator[Delta]:
+        """Yield the deltas of one upstream event: its type (``message`` when the upstream
+        named none) and its data as UTF-8 bytes (subclasses)."""
         raise NotImplementedError
 
     def end(self) -> Iterator[Delta]:
@@ -352,6 +365,39 @@ class SseParser:
         raise NotImplementedError
 
 
+def coalesce(deltas: Iterable[Delta]) -> list[Delta]:
+    """``deltas`` in order, each run of consecutive :class:`TextDelta` (or
+    :class:`ReasoningDelta`) merged into one; every other delta is kept as it is."""
+    out: list[Delta] = []
+    run: list[str] = []  # the texts of the run that out[-1] started
+    for delta in deltas:
+        if isinstance(delta, (TextDelta, ReasoningDelta)):
+            if run and type(out[-1]) is type(delta):
+                run.append(delta.text)
+                continue
+            _end_run(out, run)
+            run = [delta.text]
+        else:
+            _end_run(out, run)
+            run = []
+        out.append(delta)
+    _end_run(out, run)
+    return out
+
+
+def _end_run(out: list[Delta], run: list[str]) -> None:
+    if len(run) > 1:
+        text = "".join(run)
+        out[-1] = TextDelta(text) if isinstance(out[-1], TextDelta) else ReasoningDelta(text)
+
+
+def _proxied(url: str) -> bool:
+    """Whether the environment names a proxy for ``url``'s scheme (``NO_PROXY`` aside)."""
+    proxies = urllib.request.getproxies()
+    scheme = urlsplit(url).scheme
+    return bool(proxies.get(scheme) or proxies.get("all"))
+
+
 class HttpUpstream:
     """One provider's HTTP side: its client (pool) and a streaming POST with fault mapping."""
 
@@ -359,6 +405,18 @@ class HttpUpstream:
         self.config = config
         self.secrets = config.secrets()
         self._owns_client = client is None
+        limits = httpx.Limits(
+            max_connections=config.max_connections,
+            max_keepalive_connections=min(config.max_connections, 100),
+        )
+        transport: httpx.AsyncBaseTransport | None = None
+        if client is None and not _proxied(config.resolved_base_url):
+            # Our own HTTP/1.1 transport reads many tokens per call; with a proxy configured
+            # httpx's own transport (which applies it, and NO_PROXY) is used instead.
+            transport = LeanTransport(
+                max_connections=config.max_connections,
+                max_keepalive=limits.max_keepalive_connections,
+            )
         self.client = client or httpx.AsyncClient(
             timeout=httpx.Timeout(
                 connect=config.connect_timeout,
@@ -366,10 +424,8 @@ class HttpUpstream:
                 write=config.idle_timeout,
                 pool=config.connect_timeout,
             ),
-            limits=httpx.Limits(
-                max_connections=config.max_connections,
-                max_keepalive_connections=min(config.max_connections, 100),
-            ),
+            limits=limits,
+            transport=transport,
         )
 
     @asynccontextmanager
@@ -401,17 +457,22 @@ class HttpUpstream:
     ) -> AsyncGenerator[Delta, None]:
         """POST ``body`` and yield what ``parser`` makes of the streamed response.
 
-        The stream ends normally only once ``parser.done`` (the upstream's end marker was
-        seen); then ``parser.final()`` (usage, finish) follows after the connection was
-        released. Closing this generator early closes the TCP connection before ``aclose()``
-        returns: the request lives inside ``client.stream()`` and is never left half-read.
+        With ``config.coalesce``, consecutive text (and reasoning) deltas from one read of the
+        response are merged into one (:func:`coalesce`). The stream ends normally only once
+        ``parser.done`` (the upstream's end marker was seen); then ``parser.final()`` (usage,
+        finish) follows after the connection was released. Closing this generator early
+        closes the TCP connection before ``aclose()`` returns: the request lives inside
+        ``client.stream()`` and is never left half-read.
         """
         async with (
             self.post_stream(path, body, headers) as response,
             aclosing(cast(AsyncGenerator[bytes, None], response.aiter_bytes())) as chunks,
         ):
+            merge = self.config.coalesce
             async for chunk in chunks:
-                for delta in parser.feed(chunk):
+                # Merged, tokens that arrived together travel on as one delta: a consumer that
+                # is behind pays once per read, not once per token.
+                for delta in coalesce(parser.feed(chunk)) if merge else parser.feed(chunk):
                     yield delta
                 if parser.done:
                     break

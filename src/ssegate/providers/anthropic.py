@@ -37,7 +37,6 @@ import httpx
 import orjson
 
 from .._errors import UpstreamProtocolError
-from ..codec import ServerSentEvent
 from ._base import ChatRequest, Delta, Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
 from ._http import HttpUpstream, ProviderConfig, SseParser, loads_chunk, stream_error
 
@@ -173,26 +172,26 @@ class _AnthropicParser(SseParser):
         self._stop_reason: str | None = None
         self._tool_index: dict[int, int] = {}
 
-    def on_event(self, event: ServerSentEvent) -> Iterator[Delta]:
-        data = loads_chunk(event.data or "", "upstream event")
-        kind = data.get("type", event.event)
+    def on_event(self, event: str, data: bytes) -> Iterator[Delta]:
+        obj = loads_chunk(data, "upstream event")
+        kind = obj.get("type", event)
         if kind == "content_block_delta":
-            yield from self._block_delta(data)
+            yield from self._block_delta(obj)
         elif kind == "content_block_start":
-            yield from self._block_start(data)
+            yield from self._block_start(obj)
         elif kind == "message_start":
-            message = _object(data.get("message"), "message_start message")
+            message = _object(obj.get("message"), "message_start message")
             self._read_usage(message.get("usage"))
         elif kind == "message_delta":
-            delta = _object(data.get("delta"), "message_delta delta")
+            delta = _object(obj.get("delta"), "message_delta delta")
             reason = delta.get("stop_reason")
             if isinstance(reason, str):
                 self._stop_reason = reason
-            self._read_usage(data.get("usage"))
+            self._read_usage(obj.get("usage"))
         elif kind == "message_stop":
             self.done = True
         elif kind == "error":
-            error = data.get("error")
+            error = obj.get("error")
             if isinstance(error, dict):
                 raise stream_error(error.get("message"), error.get("type"), self.secrets)
             raise stream_error(error, None, self.secrets)

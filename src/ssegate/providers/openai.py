@@ -31,7 +31,6 @@ from typing import Any
 import httpx
 
 from .._errors import UpstreamProtocolError
-from ..codec import ServerSentEvent
 from ._base import ChatRequest, Delta, Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
 from ._http import HttpUpstream, ProviderConfig, SseParser, loads_chunk, stream_error
 
@@ -93,14 +92,13 @@ class _OpenAIParser(SseParser):
         self._usage: Usage | None = None
         self._finish: str | None = None
 
-    def on_event(self, event: ServerSentEvent) -> Iterator[Delta]:
-        data = event.data or ""
-        if data.strip() == "[DONE]":
+    def on_event(self, event: str, data: bytes) -> Iterator[Delta]:
+        if b"[DONE]" in data and data.decode("utf-8", "replace").strip() == "[DONE]":
             self.done = True
             return
         chunk = loads_chunk(data, "upstream chunk")
         error = chunk.get("error")
-        if error or event.event == "error":
+        if error or event == "error":
             raise _error(error if error else chunk, self.secrets)
         choices = chunk.get("choices")
         usage = chunk.get("usage")
