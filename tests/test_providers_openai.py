@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from ssegate import UpstreamStreamError
 from ssegate.providers import (
     ChatRequest,
     Delta,
@@ -208,3 +209,22 @@ def test_coalesce_keeps_the_order_and_merges_only_neighbours() -> None:
         Finish("stop"),
     ]
     assert coalesce([]) == []
+
+
+@pytest.mark.anyio
+async def test_coalesce_delivers_what_came_before_a_fault_in_the_same_read(
+    mock: MockUpstream,
+) -> None:
+    provider = _provider(mock, coalesce=True)
+    got: list[Delta] = []
+    chat = ChatRequest(messages=[{"role": "user", "content": "[[fault:stream_error]]"}], model="m")
+
+    async def consume() -> None:
+        async with aclosing(provider.stream(chat)) as deltas:
+            async for delta in deltas:
+                got.append(delta)
+
+    with pytest.raises(UpstreamStreamError):
+        await consume()
+    await provider.aclose()
+    assert _text(got) == "tok0 tok1 "

@@ -385,6 +385,17 @@ def coalesce(deltas: Iterable[Delta]) -> list[Delta]:
     return out
 
 
+def _merged(deltas: Iterator[Delta]) -> tuple[list[Delta], UpstreamError | None]:
+    """:func:`coalesce` of ``deltas`` and the ``UpstreamError`` that cut them short, if any."""
+    read: list[Delta] = []
+    try:
+        for delta in deltas:
+            read.append(delta)
+    except UpstreamError as exc:
+        return coalesce(read), exc
+    return coalesce(read), None
+
+
 def _end_run(out: list[Delta], run: list[str]) -> None:
     if len(run) > 1:
         text = "".join(run)
@@ -470,10 +481,18 @@ class HttpUpstream:
         ):
             merge = self.config.coalesce
             async for chunk in chunks:
-                # Merged, tokens that arrived together travel on as one delta: a consumer that
-                # is behind pays once per read, not once per token.
-                for delta in coalesce(parser.feed(chunk)) if merge else parser.feed(chunk):
-                    yield delta
+                if merge:
+                    # Tokens that arrived together travel on as one delta: a consumer that is
+                    # behind pays once per read, not once per token. What came before a fault
+                    # in the same read is still delivered, then the fault.
+                    deltas, error = _merged(parser.feed(chunk))
+                    for delta in deltas:
+                        yield delta
+                    if error is not None:
+                        raise error
+                else:
+                    for delta in parser.feed(chunk):
+                        yield delta
                 if parser.done:
                     break
             else:
