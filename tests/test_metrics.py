@@ -114,3 +114,23 @@ async def test_each_app_has_its_own_registry_and_openmetrics_is_negotiated() -> 
     assert value(two, "ssegate_streams_started_total", **labels) == 0
     assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
     assert openmetrics.text.rstrip().endswith("# EOF")
+
+
+def test_store_timings_expose_what_a_prometheus_histogram_does() -> None:
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from ssegate.gateway._metrics import _STORE_BUCKETS, StoreTimings
+
+    name, doc = "ssegate_store_operation_seconds", "Latency of stream store operations."
+    reference = CollectorRegistry()
+    histogram = Histogram(name, doc, ["operation"], buckets=_STORE_BUCKETS, registry=reference)
+    ours = CollectorRegistry(auto_describe=True)
+    timings = StoreTimings(name, doc, _STORE_BUCKETS)
+    ours.register(timings)
+    for operation, seconds in [("append", 0.0005), ("append", 3e-4), ("append", 7.0), ("get", 1)]:
+        histogram.labels(operation).observe(seconds)
+        timings.observe(operation, seconds)
+    want = [
+        line for line in generate_latest(reference).decode().splitlines() if "_created" not in line
+    ]
+    assert generate_latest(ours).decode().splitlines() == want

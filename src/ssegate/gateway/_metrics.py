@@ -41,6 +41,7 @@ connection.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
@@ -50,6 +51,7 @@ from typing import Any, Self
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
 from .._errors import SsegateError, StoreError, StoreUnavailableError
@@ -94,6 +96,48 @@ _OWN_ERROR_CODES = frozenset(
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0)
 _RATE_BUCKETS = (1.0, 5.0, 10.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 250.0, 500.0, 1000.0)
 _STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+
+
+class StoreTimings:
+    """A histogram of store operation latencies, by ``operation``: a Prometheus collector.
+
+    ``prometheus_client.Histogram`` takes two locks per observation, and the store is timed
+    once per delta; these are plain counters, updated from the event loop only (a scrape
+    from another thread may see an observation half counted, never a corrupt value). The
+    exposition is the same as the ``Histogram``'s, without the ``_created`` series.
+    """
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = tuple(sorted(buckets))
+        # Per operation: a count per bucket (+Inf last), and the sum.
+        self._counts: dict[str, list[int]] = {}
+        self._sums: dict[str, float] = {}
+
+    def observe(self, operation: str, seconds: float) -> None:
+        """Count one ``operation`` that took ``seconds``."""
+        counts = self._counts.get(operation)
+        if counts is None:
+            counts = self._counts[operation] = [0] * (len(self.bounds) + 1)
+            self._sums[operation] = 0.0
+        counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self._sums[operation] += seconds
+
+    def describe(self) -> list[Metric]:
+        """The family, without samples (for the registry's name check)."""
+        return [HistogramMetricFamily(self.name, self.documentation, labels=["operation"])]
+
+    def collect(self) -> list[Metric]:
+        """The family with a cumulative histogram per operation seen so far."""
+        family = HistogramMetricFamily(self.name, self.documentation, labels=["operation"])
+        for operation, counts in list(self._counts.items()):
+            cumulative, total = [], 0
+            for bound, count in zip((*self.bounds, float("inf")), counts, strict=True):
+                total += count
+                cumulative.append(("+Inf" if bound == float("inf") else repr(bound), float(total)))
+            family.add_metric([operation], cumulative, self._sums[operation])
+        return [family]
 
 
 class GatewayMetrics(JobObserver):
@@ -164,13 +208,12 @@ class GatewayMetrics(JobObserver):
             "Streams found without a live producer and ended with producer_lost.",
             registry=registry,
         )
-        self.store_seconds = Histogram(
+        self.store_seconds = StoreTimings(
             "ssegate_store_operation_seconds",
             "Latency of stream store operations.",
-            ["operation"],
-            buckets=_STORE_BUCKETS,
-            registry=registry,
+            _STORE_BUCKETS,
         )
+        registry.register(self.store_seconds)
         self.store_errors = Counter(
             "ssegate_store_errors",
             "Stream store operations that failed, by error code.",
@@ -204,7 +247,7 @@ class GatewayMetrics(JobObserver):
             self.store_errors.labels(operation, exc.code).inc()
             raise
         finally:
-            self.store_seconds.labels(operation).observe(time.perf_counter() - started)
+            self.store_seconds.observe(operation, time.perf_counter() - started)
 
     # -- JobObserver -----------------------------------------------------------------------
 
@@ -305,7 +348,7 @@ class MeteredStore(Store):
         self.inner = inner
         self.metrics = metrics
         self.lease_ttl = inner.lease_ttl
-        self._append_seconds = metrics.store_seconds.labels("append")
+        self._observe = metrics.store_seconds.observe
 
     async def __aenter__(self) -> Self:
         await self.inner.__aenter__()
@@ -337,7 +380,7 @@ class MeteredStore(Store):
             self.metrics.store_errors.labels("append", exc.code).inc()
             raise
         finally:
-            self._append_seconds.observe(time.perf_counter() - started)
+            self._observe("append", time.perf_counter() - started)
 
     async def finish(
         self,
