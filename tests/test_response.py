@@ -14,6 +14,7 @@ import textwrap
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -194,6 +195,47 @@ def test_heartbeat_after_silence_between_events() -> None:
         chunks = response.iter_raw()
         assert next(chunks) == b"data: one\n\n"
         assert next(chunks) == b": ping\n\n"
+
+
+def test_heartbeats_are_written_in_their_own_requests_context() -> None:
+    """The watchdog is one loop timer for every stream; the writer it starts for a heartbeat
+    still runs in that stream's request context (a ``send`` wrapper sees its variables)."""
+    request_id: ContextVar[str] = ContextVar("request_id", default="-")
+    seen: list[tuple[bytes, str, str]] = []
+
+    async def events(name: str) -> AsyncIterator[str]:
+        yield name
+        await anyio.sleep_forever()
+
+    async def endpoint(request: Request) -> Response:
+        name = request.query_params["id"]
+        request_id.set(name)
+        return EventSourceResponse(events(name), ping_interval=0.3)
+
+    app = _app(endpoint)
+
+    async def recording(scope: Any, receive: Any, send: Any) -> None:
+        async def recording_send(message: Message) -> None:
+            if message["type"] == "http.response.body" and message.get("body"):
+                seen.append((message["body"], scope["query_string"].decode(), request_id.get()))
+            await send(message)
+
+        await app(scope, receive, recording_send)
+
+    with run_server(recording) as srv:
+        with (
+            httpx.stream("GET", srv.url + "/?id=a") as a,
+            httpx.stream("GET", srv.url + "/?id=b") as b,
+        ):
+            a_chunks, b_chunks = a.iter_raw(), b.iter_raw()
+            assert next(a_chunks) == b"data: a\n\n"
+            assert next(b_chunks) == b"data: b\n\n"
+            assert next(a_chunks) == b": ping\n\n"
+            assert next(b_chunks) == b": ping\n\n"
+    pings = [(query, var) for body, query, var in seen if body == b": ping\n\n"]
+    assert ("id=a", "a") in pings
+    assert ("id=b", "b") in pings
+    assert all(query == f"id={var}" for query, var in pings)
 
 
 # -- disconnect and closing the producer --------------------------------------------------

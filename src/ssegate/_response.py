@@ -1,26 +1,29 @@
 """``EventSourceResponse``: an ASGI response that writes an async iterable of events.
 
-One response runs two tasks in one task group — its own and one child — and the first that
-ends the stream cancels the other:
+A response runs its tasks in one task group — its own task and one child, a second child
+only while a burst is being written — and whichever ends the stream cancels the rest:
 
+* the response's **own task listens for the client leaving**: it awaits ``receive()`` from
+  the request body on, for as long as the stream lasts, so a client that leaves is noticed at
+  once even while the content is idle (and a ``receive()`` that would return the request body
+  is never cancelled, which granian would take for a disconnect);
 * the **producer** (the child) pulls events from the content. An event that took a wait (a
-  token, after the model thought) is written by the producer itself when the writer is idle:
-  no hand-over, no event-loop turn of latency. Events that come back to back (a burst, a
-  replay) go into a bounded buffer instead;
-* the **writer** (the response's own task) sends whatever is buffered in one ``send()``, so
-  events that arrive while ``send()`` is slow leave in one coalesced write, not one each;
-* **listening for the client leaving** is done by whichever of the two has nothing to do —
-  the writer while nothing is buffered, the producer while the buffer is full — by awaiting
-  ``receive()`` in a cancel scope that the other cancels when there is work. A client that
-  leaves is noticed at once even while the producer is idle, with no task kept just for it;
+  token, after the model thought) is written by the producer itself when nothing else is
+  being written: no hand-over, no event-loop turn of latency. Events that come back to back
+  (a burst, a replay) go into a bounded buffer instead. When the content is done the
+  producer ends the body and the task group;
+* the **writer** (a second child, started when something is buffered and ending when the
+  buffer is empty) sends whatever is buffered in one ``send()``, so events that arrive while
+  ``send()`` is slow leave in one coalesced write, not one each;
 * the **watchdog** (only when a heartbeat, ``send_timeout`` or ``max_duration`` is set) queues
   a ``: ping`` comment after ``ping_interval`` seconds without a write, ends the stream when
   one write blocks longer than ``send_timeout``, and ends it after ``max_duration``. On asyncio
   it is an entry in one heap per event loop behind one loop timer (:class:`_Timers`), elsewhere
-  a third task. Writes only move a timestamp; no event starts a timer or a task.
+  a third task. Writes only move a timestamp; no event starts a timer.
 
-An idle stream therefore costs its two tasks, a cancel scope and a heap entry (about 10 KB of
-Python objects beyond what the server itself keeps per connection; docs/performance.md).
+An idle stream therefore costs its task group, one child task and a heap entry: about 7 KB
+beyond what uvicorn and Starlette keep per connection, most of it anyio's task group and child
+task (docs/performance.md). Nothing is parked in a cancel scope of its own while idle.
 
 When the stream ends early the producer is cancelled and the content iterator is closed
 (``aclose()``, shielded, bounded by ``close_timeout``), so its ``finally`` blocks run. On
@@ -43,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import enum
 import functools
 import heapq
@@ -56,6 +60,7 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeAlias
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 import orjson
 from starlette.background import BackgroundTask
@@ -64,6 +69,14 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from .codec import ServerSentEvent, encode, encode_comment
+
+_sniffio_local: Any  # where a loop callback tells sniffio (and so anyio) it runs on asyncio
+try:
+    import sniffio
+except ImportError:  # pragma: no cover - anyio then recognises asyncio by its running loop
+    _sniffio_local = None
+else:
+    _sniffio_local = sniffio.thread_local
 
 __all__ = [
     "SHUTDOWN_STATE_KEY",
@@ -187,23 +200,25 @@ class ShutdownSignal:
     async def wait(self) -> None:
         """Wait until the signal is set."""
         event = anyio.Event()
-        unsubscribe = self._subscribe(event.set)
+        subscription = self._subscribe(event.set)
         try:
             await event.wait()
         finally:
-            unsubscribe()
+            if subscription is not None:
+                subscription.unsubscribe()
 
-    def _subscribe(self, callback: Callable[[], object]) -> Callable[[], None]:
-        """Call ``callback`` on the calling event loop when the signal is set (at once if it
-        already is); return a function that cancels the subscription."""
+    def _subscribe(self, callback: Callable[[], object]) -> _LoopCallback | None:
+        """Call ``callback`` on the calling event loop when the signal is set; return the
+        subscription (its ``unsubscribe()`` cancels it), or ``None`` if the signal was set
+        already (``callback`` has then been called)."""
         with self._lock:
             if not self._is_set:
                 # The handle is its own key: one small object per open stream.
                 handle = _LoopCallback(callback, self)
                 self._subscribers[handle] = None
-                return handle.unsubscribe
+                return handle
         callback()
-        return _nothing
+        return None
 
     def _unsubscribe(self, handle: _LoopCallback) -> None:
         with self._lock:
@@ -213,14 +228,14 @@ class ShutdownSignal:
         return f"<ShutdownSignal is_set={self._is_set}>"
 
 
-def _nothing() -> None:
-    pass
-
-
 def _loop_caller() -> Callable[[Callable[[], object]], object]:
     """The running event loop's thread-safe "call soon" (asyncio or trio); must be called on
     that loop. anyio has no public non-blocking equivalent."""
-    native = anyio.lowlevel.current_token().native_token
+    return _call_soon_of(anyio.lowlevel.current_token().native_token)
+
+
+def _call_soon_of(native: object) -> Callable[[Callable[[], object]], object]:
+    """The thread-safe "call soon" of ``native``, an asyncio loop or a trio token."""
     call_soon: Callable[[Callable[[], object]], object] | None = getattr(
         native, "call_soon_threadsafe", None
     ) or getattr(native, "run_sync_soon", None)
@@ -233,13 +248,14 @@ class _LoopCallback:
     """A callback bound to the event loop it was made on: called directly on that loop's
     thread, handed to the loop from any other thread."""
 
-    __slots__ = ("_call_soon", "_callback", "_signal", "_thread")
+    __slots__ = ("_callback", "_native", "_signal", "_thread")
 
     def __init__(self, callback: Callable[[], object], signal: ShutdownSignal) -> None:
         self._callback = callback
         self._signal = signal
         self._thread = threading.get_ident()
-        self._call_soon = _loop_caller()
+        # The loop itself, not its bound "call soon": no object of its own per stream.
+        self._native = anyio.lowlevel.current_token().native_token
 
     def unsubscribe(self) -> None:
         """Stop watching the signal."""
@@ -250,7 +266,7 @@ class _LoopCallback:
             self._callback()
             return
         try:
-            self._call_soon(self._callback)
+            _call_soon_of(self._native)(self._callback)
         except RuntimeError:  # the loop is closed: nobody is left to wake
             pass
 
@@ -260,9 +276,14 @@ class _Default(enum.Enum):
 
 
 _DEFAULT = _Default.TOKEN
+_DEFAULT_OPTIONS = EventStreamOptions()  # frozen: one shared by every response that takes it
 
 _DATA = b"data: "
 _END = b"\n\n"
+# Task names, given so that anyio does not build one string per task ("module.qualname").
+_PRODUCER = "ssegate event stream producer"
+_WRITER = "ssegate event stream writer"
+_WATCHDOG = "ssegate event stream watchdog"
 _FINAL: dict[str, Any] = {"type": "http.response.body", "body": b"", "more_body": False}
 
 
@@ -360,7 +381,7 @@ class EventSourceResponse(Response):
             )
             if value is not _DEFAULT
         }
-        base = options if options is not None else EventStreamOptions()
+        base = options if options is not None else _DEFAULT_OPTIONS
         self.options = replace(base, **overrides) if overrides else base
         self.status_code = status_code
         self.background = background
@@ -411,24 +432,48 @@ class EventSourceResponse(Response):
                 )
                 await send(_FINAL)
                 self.close_reason = CloseReason.COMPLETED
-            else:
-                await self._stream(scope, receive, send, iterator)
+            elif (run := await self._start(scope, send, iterator)) is not None:
+                # The stream's task group is run from this frame, not a helper's: one
+                # coroutine fewer kept per open stream.
+                try:
+                    async with anyio.create_task_group() as tg:
+                        run.tg = tg
+                        if run.reason is None:
+                            run.run(tg)
+                            # This task listens for the client leaving, from the request
+                            # body on, for as long as the stream lasts: the producer ends the
+                            # task group when the content is done. (Only the stream's end
+                            # cancels this receive(): one that would have returned the
+                            # request body is never cancelled, which granian would take for
+                            # a disconnect.)
+                            try:
+                                while (await receive())["type"] != "http.disconnect":
+                                    pass
+                            # A server that fails receive() once the client is gone:
+                            except Exception:
+                                log.debug("receive() failed; the client is gone", exc_info=True)
+                            run.end(CloseReason.DISCONNECTED)
+                        else:  # shutting down already: end at once, empty
+                            run.chunks.clear()
+                        tg.cancel_scope.cancel()
+                except BaseExceptionGroup as group:
+                    raise _collapse(group) from None
+                finally:
+                    run.stop()
+                    self.close_reason = run.reason
+                await self._finish(run, send)
         finally:
             await _aclose(iterator, self.options.close_timeout)
         if self.background is not None:
             await self.background()
 
-    async def _stream(
-        self, scope: Scope, receive: Receive, send: Send, iterator: AsyncIterator[StreamItem]
-    ) -> None:
-        shutdown = self._shutdown
-        if shutdown is None:
-            state = scope.get("state")
-            candidate = state.get(SHUTDOWN_STATE_KEY) if isinstance(state, dict) else None
-            if isinstance(candidate, ShutdownSignal):
-                shutdown = candidate
+    async def _start(
+        self, scope: Scope, send: Send, iterator: AsyncIterator[StreamItem]
+    ) -> _Stream | None:
+        """Send the headers and make the stream's state, watching the server's shutdown
+        signal; ``None`` if the client has already left."""
         options = self.options
-        run = self._run = _Stream(options, iterator, self._ping)
+        run = self._run = _Stream(options, iterator, self._ping, send)
         if options.retry is not None:
             run.push(encode(ServerSentEvent(retry=options.retry)))
         try:
@@ -441,41 +486,25 @@ class EventSourceResponse(Response):
             )
         except OSError:  # ASGI 2.4: the client left before the headers went out
             self.close_reason = CloseReason.DISCONNECTED
-            return
+            return None
         run.last_write = time.monotonic()
-        unsubscribe: Callable[[], None] | None = None
-        try:
-            async with anyio.create_task_group() as tg:
-                run.scope = tg.cancel_scope
-                if shutdown is not None:
-                    unsubscribe = shutdown._subscribe(run.on_shutdown)
-                if run.reason is not None:  # shutting down already: end at once, empty
-                    run.chunks.clear()
-                else:
-                    tg.start_soon(run.listen_first, receive)
-                    tg.start_soon(run.produce, send, receive)
-                    if (
-                        options.ping_interval is not None
-                        or options.send_timeout is not None
-                        or options.max_duration is not None
-                    ):
-                        if run.loop is not None:
-                            run.on_timer(time.monotonic())  # a shared loop timer, no task
-                        else:
-                            tg.start_soon(run.watch)
-                    await run.write(send, receive)
-                tg.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            raise _collapse(group) from None
-        finally:
-            run.stop_timer()
-            if unsubscribe is not None:
-                unsubscribe()
-            self.close_reason = run.reason
+        shutdown = self._shutdown
+        if shutdown is None:
+            state = scope.get("state")
+            candidate = state.get(SHUTDOWN_STATE_KEY) if isinstance(state, dict) else None
+            if isinstance(candidate, ShutdownSignal):
+                shutdown = candidate
+        if shutdown is not None:
+            run.subscription = shutdown._subscribe(run.on_shutdown)
+        return run
+
+    async def _finish(self, run: _Stream, send: Send) -> None:
+        """After the task group: end the body cleanly if the stream was cut short while the
+        client is still there; raise the content's error."""
         if run.reason in (CloseReason.SHUTDOWN, CloseReason.TIMEOUT):
             # The stream ended early but the client is still there: write the events already
             # made (a client resuming elsewhere then starts after them), end the body cleanly.
-            with anyio.move_on_after(options.close_timeout), contextlib.suppress(OSError):
+            with anyio.move_on_after(self.options.close_timeout), contextlib.suppress(OSError):
                 if run.chunks:
                     body = b"".join(run.chunks)
                     run.chunks.clear()
@@ -534,41 +563,43 @@ async def _wait(waiter: _Waiter) -> None:
 
 
 class _Ticket:
-    """One stream's place in :class:`_Timers`; cleared when the stream ends, so a stale heap
-    entry keeps nothing alive."""
+    """One stream's place in :class:`_Timers`, ordered by its deadline; cleared when the
+    stream ends, so a stale heap entry keeps nothing alive."""
 
-    __slots__ = ("stream",)
+    __slots__ = ("deadline", "stream")
 
-    def __init__(self, stream: _Stream) -> None:
+    def __init__(self, stream: _Stream, deadline: float) -> None:
         self.stream: _Stream | None = stream
+        self.deadline = deadline
+
+    def __lt__(self, other: _Ticket) -> bool:
+        return self.deadline < other.deadline
 
 
 class _Timers:
     """Every open stream's watchdog on one asyncio event loop, behind one loop timer.
 
-    A heap of ``(deadline, n, ticket)``: a stream schedules its next check (ping due, send
-    timeout, end of ``max_duration``), and the loop timer is armed for the earliest. An idle
-    stream costs a heap entry (~150 bytes) instead of a task or a timer handle of its own.
-    Entries are never removed early: a stream that ends clears its ticket, and a stream that
-    wants an earlier check pushes another entry (the later one then finds nothing to do).
+    A heap of tickets: a stream schedules its next check (ping due, send timeout, end of
+    ``max_duration``), and the loop timer is armed for the earliest. An idle stream costs a
+    ticket in the heap (~80 bytes) instead of a task or a timer handle of its own. Entries are
+    never removed early: a stream that ends clears its ticket, and a stream that wants an
+    earlier check pushes another (the later one then finds nothing to do).
     """
 
-    __slots__ = ("__weakref__", "_armed", "_at", "_heap", "_loop", "_n")
+    __slots__ = ("__weakref__", "_armed", "_at", "_heap", "_loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         # Nothing here may refer to the loop (a timer handle does): the registry holds this
         # object by its loop, weakly, and must not keep the loop alive.
         self._loop = weakref.ref(loop)
-        self._heap: list[tuple[float, int, _Ticket]] = []
-        self._at = math.inf
+        self._heap: list[_Ticket] = []
+        self._at = math.inf  # when the live loop timer fires; -inf while firing
         self._armed = 0  # which loop timer is the live one; earlier ones do nothing
-        self._n = 0
 
-    def schedule(self, ticket: _Ticket, deadline: float) -> None:
-        self._n += 1
-        heapq.heappush(self._heap, (deadline, self._n, ticket))
-        if deadline < self._at:
-            self._arm(deadline)
+    def schedule(self, ticket: _Ticket) -> None:
+        heapq.heappush(self._heap, ticket)
+        if ticket.deadline < self._at:
+            self._arm(ticket.deadline)
 
     def _arm(self, deadline: float) -> None:
         loop = self._loop()
@@ -581,16 +612,30 @@ class _Timers:
     def _fire(self, armed: int) -> None:
         if armed != self._armed:
             return  # superseded by an earlier deadline
-        self._at = math.inf
+        # Streams reschedule from here: arm once, after the loop, not once per stream (a
+        # superseded loop timer lingers until it fires).
+        self._at = -math.inf
         heap = self._heap
         now = time.monotonic()
-        while heap and heap[0][0] <= now:
-            _, _, ticket = heapq.heappop(heap)
-            stream = ticket.stream
-            if stream is not None and stream.ticket is ticket:
-                stream.on_timer(now)
-        if heap:
-            self._arm(heap[0][0])
+        # A loop callback is no task, so sniffio (which anyio asks) cannot tell that asyncio
+        # runs it; a stream may start a task (its writer) from here, so say so.
+        local = _sniffio_local
+        previous = None
+        if local is not None:
+            previous = local.name
+            local.name = "asyncio"
+        try:
+            while heap and heap[0].deadline <= now:
+                ticket = heapq.heappop(heap)
+                stream = ticket.stream
+                if stream is not None and stream.ticket is ticket:
+                    stream.on_timer(now)
+        finally:
+            if local is not None:
+                local.name = previous
+            self._at = math.inf
+            if heap:
+                self._arm(heap[0].deadline)
 
 
 # Per event loop; weak, so a closed loop takes its timers with it.
@@ -605,153 +650,142 @@ def _timers_of(loop: asyncio.AbstractEventLoop) -> _Timers:
 
 
 class _Stream:
-    """The state of one response while it streams; its methods are the sibling tasks."""
+    """The state of one response while it streams; its methods are the child tasks."""
 
     __slots__ = (
         "armed",
         "buffered",
         "bytes_sent",
         "chunks",
+        "context",
+        "drained",
         "error",
         "events",
-        "full",
         "iterator",
         "last_write",
-        "listener",
         "loop",
         "options",
-        "parked",
         "ping",
         "pings",
-        "producer_done",
         "reason",
-        "scope",
-        "send_done",
+        "room",
+        "send",
         "sending_since",
-        "space",
         "started",
+        "subscription",
+        "tg",
         "ticked",
         "ticket",
-        "wake",
+        "writer",
         "writes",
     )
 
     def __init__(
-        self, options: EventStreamOptions, iterator: AsyncIterator[StreamItem], ping: bytes
+        self,
+        options: EventStreamOptions,
+        iterator: AsyncIterator[StreamItem],
+        ping: bytes,
+        send: Send,
     ) -> None:
         self.options = options
         self.iterator = iterator
         self.ping = ping
+        self.send = send
         # A list, not a deque: an idle stream holds 56 bytes here, not a 600-byte block.
         self.chunks: list[bytes] = []
         self.buffered = 0
         self.loop = _asyncio_loop()
-        # Listening for the client leaving. Until the request body has been received, a
-        # listener task does it (``listener``), and the idle writer and a producer held back
-        # by a full buffer wait on ``wake`` and ``space``. After that — at once for a GET —
-        # the listener ends and whoever has nothing to do listens instead: the writer while
-        # nothing is buffered (``parked``), the producer while the buffer is full (``full``);
-        # cancelling the scope wakes them. (A ``receive()`` that would have returned the body
-        # is never cancelled: granian takes that for a disconnect.)
-        self.listener = True
-        self.wake: _Waiter | None = None
-        self.space: _Waiter | None = None
-        self.parked: anyio.CancelScope | None = None
-        self.full: anyio.CancelScope | None = None
-        self.send_done: _Waiter | None = None  # set while the writer waits for an inline send
+        self.tg: anyio.abc.TaskGroup | None = None
+        # Whether a writer task runs: it exists only while something is buffered.
+        self.writer = False
+        self.room: _Waiter | None = None  # set while the producer waits for buffer space
+        self.drained: _Waiter | None = None  # set while the producer waits for the writer
         # Whether the producer gave the event loop a turn since its last item (the canary, a
         # ``call_soon`` callback, sets ``ticked``): an item that took a wait is written at once
         # by the producer; one that came straight after another is part of a burst.
         self.ticked = False
         self.armed = False
-        self.producer_done = False
         self.error: Exception | None = None
         self.reason: CloseReason | None = None
-        self.scope: anyio.CancelScope | None = None
         self.started = time.monotonic()
         self.last_write = self.started
         self.sending_since: float | None = None
         self.ticket: _Ticket | None = None  # set while the asyncio watchdog is armed
+        self.subscription: _LoopCallback | None = None  # to the server's shutdown signal
+        # The request's context variables, for a writer started by the watchdog (a heartbeat).
+        self.context = contextvars.copy_context()
         self.events = self.writes = self.bytes_sent = self.pings = 0
 
     def end(self, reason: CloseReason) -> None:
         """End the stream for ``reason`` (the first reason wins) by cancelling every task."""
         if self.reason is None:
             self.reason = reason
-        if self.scope is not None:
-            self.scope.cancel()
+        if self.tg is not None:
+            self.tg.cancel_scope.cancel()
 
     def on_shutdown(self) -> None:
         self.end(CloseReason.SHUTDOWN)
 
+    def run(self, tg: anyio.abc.TaskGroup) -> None:
+        """Start the producer, the writer if something is buffered already, and the watchdog
+        if a heartbeat or a time limit is set."""
+        if self.chunks:
+            self.start_writer()
+        tg.start_soon(self.produce, name=_PRODUCER)
+        options = self.options
+        if (
+            options.ping_interval is not None
+            or options.send_timeout is not None
+            or options.max_duration is not None
+        ):
+            if self.loop is not None:
+                self.on_timer(time.monotonic())  # a shared loop timer, no task
+            else:
+                tg.start_soon(self.watch, name=_WATCHDOG)
+
+    def stop(self) -> None:
+        """The task group has ended: drop the watchdog and the shutdown subscription."""
+        self.stop_timer()
+        subscription = self.subscription
+        if subscription is not None:
+            self.subscription = None
+            subscription.unsubscribe()
+
     def push(self, chunk: bytes) -> None:
+        """Buffer ``chunk`` for the writer, starting one if none runs."""
         self.chunks.append(chunk)
         self.buffered += len(chunk)
-        self.unpark()
+        if not self.writer:
+            self.start_writer()
 
-    def unpark(self) -> None:
-        """Wake the idle writer: there is something to do."""
-        parked = self.parked
-        if parked is not None:
-            self.parked = None
-            parked.cancel()
-        wake = self.wake
-        if wake is not None:
-            self.wake = None
-            _fire(wake)
-
-    def make_room(self) -> None:
-        """Wake the producer held back by a full buffer."""
-        full = self.full
-        if full is not None:
-            self.full = None
-            full.cancel()
-        space = self.space
-        if space is not None:
-            self.space = None
-            _fire(space)
-
-    async def listen_first(self, receive: Receive) -> None:
-        """The listener task: ``receive()`` until the request body is complete (then the
-        idle tasks take over) or the client leaves."""
-        try:
-            while True:
-                message = await receive()
-                kind = message["type"]
-                if kind == "http.disconnect":
-                    break
-                if kind == "http.request" and not message.get("more_body", False):
-                    self.listener = False
-                    self.unpark()  # a writer waiting on ``wake`` now listens itself
-                    return
-        except Exception:  # a server that fails receive() once the client is gone
-            log.debug("receive() failed; treating the client as gone", exc_info=True)
-        self.end(CloseReason.DISCONNECTED)
+    def start_writer(self) -> None:
+        tg = self.tg
+        if tg is not None:  # before the task group opens, ``run()`` starts it
+            tg.start_soon(self.write, name=_WRITER)
+            self.writer = True
 
     def tick(self) -> None:
         self.armed = False
         self.ticked = True
 
-    async def send_body(self, send: Send, body: bytes) -> bool:
+    async def send_body(self, body: bytes) -> bool:
         """Write ``body``; ``False`` if the client is gone (the stream is then ending)."""
         self.sending_since = time.monotonic()
         try:
-            await send({"type": "http.response.body", "body": body, "more_body": True})
+            await self.send({"type": "http.response.body", "body": body, "more_body": True})
         except OSError:  # ASGI 2.4 servers raise it once the client is gone
             self.end(CloseReason.DISCONNECTED)
             return False
         finally:
             self.sending_since = None
-            done = self.send_done
-            if done is not None:
-                self.send_done = None
-                _fire(done)
         self.last_write = time.monotonic()
         self.writes += 1
         self.bytes_sent += len(body)
         return True
 
-    async def produce(self, send: Send, receive: Receive) -> None:
+    async def produce(self) -> None:
+        """The producer: pull items from the content; write one that took a wait itself when
+        no writer runs, buffer the others (starting the writer); end the body at the end."""
         limit = self.options.max_buffer_bytes
         loop = self.loop
         chunks = self.chunks
@@ -761,25 +795,16 @@ class _Stream:
                 chunk = _item_bytes(item)
                 self.events += 1
                 if chunk:
-                    if (
-                        waited
-                        and (self.parked is not None or self.wake is not None)
-                        and not chunks
-                        and self.sending_since is None
-                    ):
-                        # The writer is idle, listening for a disconnect, and this item took a
-                        # wait (a token, not a burst): write it from here, which saves the
-                        # hand-over — a task switch and an event loop turn of latency.
-                        if not await self.send_body(send, chunk):
+                    if waited and not self.writer and not chunks:
+                        # Nothing is being written and this item took a wait (a token, not a
+                        # burst): write it from here, which saves the hand-over to a writer.
+                        if not await self.send_body(chunk):
                             return
                     else:
                         self.push(chunk)
                         if self.buffered >= limit:
-                            if self.listener:
-                                space = self.space = _waiter(loop)
-                                await _wait(space)
-                            elif not await self.wait_for_room(receive):
-                                return
+                            room = self.room = _waiter(loop)
+                            await _wait(room)
                 self.ticked = False
                 if loop is None:
                     self.ticked = True  # no canary off asyncio: every item may go inline
@@ -788,98 +813,65 @@ class _Stream:
                     loop.call_soon(self.tick)
         except Exception as exc:
             self.error = exc
-        self.producer_done = True
-        self.unpark()
-
-    async def listen(self, receive: Receive, scope: anyio.CancelScope) -> bool:
-        """Listen for the client leaving until ``scope`` is cancelled (``True``: there is
-        work again) or the client has left (``False``, and the stream is ending)."""
-        with scope:
-            try:
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        break
-            except Exception:  # a server that fails receive() once the client is gone
-                log.debug("receive() failed; treating the client as gone", exc_info=True)
-            self.end(CloseReason.DISCONNECTED)
-            return False
-        return True
-
-    async def park(self, receive: Receive) -> bool:
-        """The writer, with nothing to write: listen until a push (or the end) wakes it."""
-        scope = self.parked = anyio.CancelScope()
-        try:
-            return await self.listen(receive, scope)
-        finally:
-            if self.parked is scope:
-                self.parked = None
-
-    async def wait_for_room(self, receive: Receive) -> bool:
-        """The producer, with the buffer full: listen until the writer makes room."""
-        scope = self.full = anyio.CancelScope()
-        try:
-            return await self.listen(receive, scope)
-        finally:
-            if self.full is scope:
-                self.full = None
-
-    async def write(self, send: Send, receive: Receive) -> None:
-        chunks = self.chunks
-        limit = self.options.max_write_bytes
-        buffer_limit = self.options.max_buffer_bytes
-        while True:
-            if not chunks:
-                if self.producer_done:
-                    break
-                if self.listener:
-                    wake = self.wake = _waiter(self.loop)
-                    await _wait(wake)
-                elif not await self.park(receive):
-                    return
-                continue
-            if self.sending_since is not None:  # the producer is writing one: let it finish
-                done = self.send_done = _waiter(self.loop)
-                await _wait(done)
-                continue
-            if len(chunks) == 1:
-                body = chunks[0]
-                chunks.clear()
-            elif self.buffered <= limit:
-                body = b"".join(chunks)
-                chunks.clear()
-            else:
-                # A write holds whole events and at most ``limit`` bytes (one larger event
-                # goes alone).
-                size = len(chunks[0])
-                taken = 1
-                while taken < len(chunks) and size + len(chunks[taken]) <= limit:
-                    size += len(chunks[taken])
-                    taken += 1
-                body = b"".join(chunks[:taken]) if taken > 1 else chunks[0]
-                del chunks[:taken]
-            self.buffered -= len(body)
-            if self.buffered < buffer_limit:
-                self.make_room()
-            if not await self.send_body(send, body):
-                return
+        if self.writer:  # let the writer send what is buffered
+            drained = self.drained = _waiter(loop)
+            await _wait(drained)
         if self.error is not None:
-            if self.reason is None:
-                self.reason = CloseReason.ERROR
+            self.end(CloseReason.ERROR)
             return
         # Claim the ending before the final send: a shutdown or timeout arriving while it is
         # in flight must not make _stream() send the final message a second time.
         if self.reason is None:
             self.reason = CloseReason.COMPLETED
         try:
-            await send(_FINAL)
+            await self.send(_FINAL)
         except OSError:
             self.reason = CloseReason.DISCONNECTED
-            return
+        self.end(CloseReason.COMPLETED)  # stop listening for the client
+
+    async def write(self) -> None:
+        """The writer: send whatever is buffered, as few writes as the client's pace allows,
+        then end (a later push starts another)."""
+        chunks = self.chunks
+        limit = self.options.max_write_bytes
+        buffer_limit = self.options.max_buffer_bytes
+        try:
+            while chunks:
+                if len(chunks) == 1:
+                    body = chunks[0]
+                    chunks.clear()
+                elif self.buffered <= limit:
+                    body = b"".join(chunks)
+                    chunks.clear()
+                else:
+                    # A write holds whole events and at most ``limit`` bytes (one larger
+                    # event goes alone).
+                    size = len(chunks[0])
+                    taken = 1
+                    while taken < len(chunks) and size + len(chunks[taken]) <= limit:
+                        size += len(chunks[taken])
+                        taken += 1
+                    body = b"".join(chunks[:taken]) if taken > 1 else chunks[0]
+                    del chunks[:taken]
+                self.buffered -= len(body)
+                room = self.room
+                if room is not None and self.buffered < buffer_limit:
+                    self.room = None
+                    _fire(room)
+                if not await self.send_body(body):
+                    return
+        finally:
+            self.writer = False
+            drained = self.drained
+            if drained is not None:
+                self.drained = None
+                _fire(drained)
 
     def check(self, now: float) -> float | None:
         """Heartbeat, ``send_timeout`` and ``max_duration`` at ``now``: queue a ping or end the
         stream; return when to check next (``None``: the stream ended)."""
+        if self.reason is not None:  # ending (perhaps in the final send): nothing to add
+            return None
         options = self.options
         ping = options.ping_interval
         send_timeout = options.send_timeout
@@ -912,10 +904,11 @@ class _Stream:
         self.ticket = None
         if self.reason is not None or self.loop is None:
             return
-        deadline = self.check(now)
+        # A heartbeat starts a writer from here: in the request's context, not the timer's.
+        deadline = self.context.run(self.check, now)
         if deadline is not None and deadline != math.inf:
-            self.ticket = ticket = _Ticket(self)
-            _timers_of(self.loop).schedule(ticket, deadline)
+            self.ticket = ticket = _Ticket(self, deadline)
+            _timers_of(self.loop).schedule(ticket)
 
     def stop_timer(self) -> None:
         ticket = self.ticket
