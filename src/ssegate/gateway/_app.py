@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import logging.config
 from collections.abc import AsyncIterator, Iterator
@@ -188,5 +189,21 @@ def run(settings: Settings) -> int:
         log.error("cannot start: %s", problem)
         return 1
     server = _GatewayServer(config, app, settings.drain_timeout)
+    _tune_gc()
     server.run()
     return 0 if server.started else 1
+
+
+def _tune_gc() -> None:
+    """Make the cyclic GC cheaper for a long-running gateway (the process is ours: ``run`` is
+    the CLI's entry point, never a library call).
+
+    What exists at startup lives as long as the process, so it is frozen out of every later
+    collection; and young collections run ten times less often, so objects alive only while
+    a token is in flight (coroutine frames, parsed chunks) are no longer promoted to the
+    oldest generation, whose collections walk every stored event and pause the loop for tens
+    to hundreds of milliseconds under load (measured with gc.callbacks in the relay benchmark).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(7000, 20, 10)
