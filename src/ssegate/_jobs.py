@@ -59,6 +59,7 @@ from .store._base import Store, StreamInfo, StreamStatus
 __all__ = [
     "JobManager",
     "JobObserver",
+    "ObserverChain",
     "OnDisconnect",
     "ShuttingDownError",
     "new_stream_id",
@@ -113,6 +114,43 @@ class JobObserver:
         usage: dict[str, Any] | None,
     ) -> None:
         """The stream ended with ``status`` after ``duration`` s (``cause`` for cancel/timeout)."""
+
+
+class ObserverChain(JobObserver):
+    """Several job observers as one (a :class:`JobManager` takes one). ``None``s are skipped;
+    one observer failing does not keep the others from being called."""
+
+    def __init__(self, *observers: JobObserver | None) -> None:
+        self.observers: tuple[JobObserver, ...] = tuple(o for o in observers if o is not None)
+
+    def _each(self, name: str, *args: Any) -> None:
+        for observer in self.observers:
+            try:
+                getattr(observer, name)(*args)
+            except Exception:
+                logger.exception("job observer %s failed", name)
+
+    def on_start(self, info: StreamInfo) -> None:
+        self._each("on_start", info)
+
+    def on_first_token(self, stream_id: str, latency: float) -> None:
+        self._each("on_first_token", stream_id, latency)
+
+    def on_generated(self, stream_id: str, deltas: int, seconds: float) -> None:
+        self._each("on_generated", stream_id, deltas, seconds)
+
+    def on_error(self, stream_id: str, error: dict[str, Any]) -> None:
+        self._each("on_error", stream_id, error)
+
+    def on_finish(
+        self,
+        stream_id: str,
+        status: StreamStatus,
+        cause: str | None,
+        duration: float,
+        usage: dict[str, Any] | None,
+    ) -> None:
+        self._each("on_finish", stream_id, status, cause, duration, usage)
 
 
 @dataclass(slots=True)

@@ -15,7 +15,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from .._errors import StoreUnavailableError
-from .._jobs import JobManager
+from .._jobs import JobManager, ObserverChain
 from .._response import SHUTDOWN_STATE_KEY
 from .._serve import ShutdownAwareServer
 from ..store import Store
@@ -24,7 +24,7 @@ from ._auth import GatewaySecurity
 from ._errors import install_error_handlers
 from ._http import DEFAULT_MAX_HEAD_BYTES, bounded_http_protocol
 from ._logging import logging_config
-from ._metrics import GatewayMetrics, MeteredStore, ObserverFanout
+from ._metrics import GatewayMetrics, MeteredStore
 from ._models import build_registry
 from ._settings import Settings
 from ._state import GatewayState
@@ -89,7 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         # The metered store times every operation and ends producer-less streams.
         store = MeteredStore(_open_store(settings), metrics)
-        observer = ObserverFanout(security.observer(), metrics)
+        observer = ObserverChain(security.observer(), metrics)
         async with store, JobManager(store, observer=observer) as jobs:
             metrics.bind(active=jobs.active, statistics=store.statistics)
             state = GatewayState(

@@ -42,7 +42,7 @@ from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .._jobs import JobObserver
+from .._jobs import JobObserver, ObserverChain
 from ..store import StreamInfo
 from ._limits import (
     BodyLimitMiddleware,
@@ -51,7 +51,7 @@ from ._limits import (
     RateLimiter,
     StreamQuota,
 )
-from ._logging import ContentLog, ObserverChain, StreamLog
+from ._logging import ContentLog, StreamLog
 from ._settings import Settings
 
 __all__ = [

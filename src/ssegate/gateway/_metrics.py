@@ -66,7 +66,7 @@ from ..store import (
     StreamStatus,
 )
 
-__all__ = ["PRODUCER_LOST", "GatewayMetrics", "MeteredStore", "ObserverFanout"]
+__all__ = ["PRODUCER_LOST", "GatewayMetrics", "MeteredStore"]
 
 log = logging.getLogger("ssegate.gateway")
 
@@ -296,48 +296,6 @@ class GatewayMetrics(JobObserver):
             tokens = usage["completion_tokens"]
         if tokens > 1 and seconds > 0:
             self.tokens_per_second.labels(*labels).observe((tokens - 1) / seconds)
-
-
-class ObserverFanout(JobObserver):
-    """Several job observers as one, forwarding every hook (the metrics need
-    ``on_generated`` and ``on_error`` too). One failing does not keep the others from running."""
-
-    def __init__(self, *observers: JobObserver) -> None:
-        self.observers = observers
-
-    def _each(self, name: str, *args: Any) -> None:
-        for observer in self.observers:
-            try:
-                getattr(observer, name)(*args)
-            except Exception:
-                log.exception("job observer %s failed", name)
-
-    def on_start(self, info: StreamInfo) -> None:
-        """Forwarded."""
-        self._each("on_start", info)
-
-    def on_first_token(self, stream_id: str, latency: float) -> None:
-        """Forwarded."""
-        self._each("on_first_token", stream_id, latency)
-
-    def on_generated(self, stream_id: str, deltas: int, seconds: float) -> None:
-        """Forwarded."""
-        self._each("on_generated", stream_id, deltas, seconds)
-
-    def on_error(self, stream_id: str, error: dict[str, Any]) -> None:
-        """Forwarded."""
-        self._each("on_error", stream_id, error)
-
-    def on_finish(
-        self,
-        stream_id: str,
-        status: StreamStatus,
-        cause: str | None,
-        duration: float,
-        usage: dict[str, Any] | None,
-    ) -> None:
-        """Forwarded."""
-        self._each("on_finish", stream_id, status, cause, duration, usage)
 
 
 class MeteredStore(Store):
