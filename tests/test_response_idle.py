@@ -17,29 +17,50 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import anyio
+import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import ssegate._response
-from ssegate._response import EventSourceResponse, ShutdownSignal
+from ssegate._response import CloseReason, EventSourceResponse, ShutdownSignal
+from ssegate.gateway._limits import BodyLimitMiddleware
 from ssegate.testing import RunningServer, run_server
 
 STREAMS = 200
 RESPONSE_FILE = str(Path(ssegate._response.__file__).resolve())
 
 
-def _idle_app(shutdown: ShutdownSignal) -> Starlette:
+def _idle_app(
+    shutdown: ShutdownSignal,
+    closed: list[CloseReason | None] | None = None,
+    *,
+    ping_interval: float = 15.0,
+    methods: list[str] | None = None,
+) -> Starlette:
+    """Idle event streams at ``/``; each one's close reason is appended to ``closed``."""
+
     async def events() -> AsyncIterator[str]:
         await anyio.sleep_forever()
         yield "never"
 
     async def endpoint(request: Request) -> Response:
         # Heartbeat and shutdown watching on, as in production.
-        return EventSourceResponse(events(), ping_interval=15.0, shutdown=shutdown)
+        response = EventSourceResponse(events(), ping_interval=ping_interval, shutdown=shutdown)
+        if closed is None:
+            return response
 
-    return Starlette(routes=[Route("/", endpoint)])
+        async def stream(scope: Scope, receive: Receive, send: Send) -> None:
+            try:
+                await response(scope, receive, send)
+            finally:
+                closed.append(response.close_reason)
+
+        return stream  # type: ignore[return-value]
+
+    return Starlette(routes=[Route("/", endpoint, methods=methods)])
 
 
 def _open_idle(port: int, n: int) -> list[socket.socket]:
@@ -86,20 +107,100 @@ def _tasks(srv: RunningServer) -> int:
     return asyncio.run_coroutine_threadsafe(count(), loop).result(5) - 1
 
 
-def test_an_idle_stream_keeps_one_task_besides_the_servers() -> None:
-    """The server's request task listens for the client leaving; one child drives the content.
-    No writer, watchdog or listener task waits beside them while nothing happens."""
-    with run_server(_idle_app(ShutdownSignal())) as srv:
+def _wait_for_tasks(srv: RunningServer, count: int) -> int:
+    """The task count once it has come down to ``count`` (bounded: 5 s)."""
+    deadline = time.monotonic() + 5
+    while (now := _tasks(srv)) > count and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return now
+
+
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_an_idle_stream_on_uvicorn_keeps_no_task_besides_the_servers(http: str) -> None:
+    """On uvicorn the server's request task drives the content and uvicorn's receive() is
+    watched from loop callbacks: no child task, writer, watchdog or listener waits beside the
+    request task while nothing happens. Closing the sockets ends every stream."""
+    with run_server(_idle_app(ShutdownSignal()), http=http) as srv:
+        _settle(srv)
+        before = _tasks(srv)
+        with _idle_streams(srv, 20):
+            during = _tasks(srv)
+        assert during - before == 20
+        assert _wait_for_tasks(srv, before) == before, "tasks left behind by closed streams"
+
+
+def _wrapping_receive(app: ASGIApp) -> ASGIApp:
+    """Middleware that hands the app its own ``receive()`` (as body-size limits do)."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        async def wrapped() -> Message:
+            return await receive()
+
+        await app(scope, wrapped, send)
+
+    return middleware
+
+
+def test_a_wrapped_receive_is_listened_for_by_the_request_task() -> None:
+    """A ``receive()`` the response does not know (middleware's) may need a task of its own:
+    the request task listens on it and one child drives the content; a disconnect still ends
+    the stream and leaves nothing behind."""
+    closed: list[CloseReason | None] = []
+    app = _idle_app(ShutdownSignal(), closed)
+    with run_server(_wrapping_receive(app)) as srv:
         _settle(srv)
         before = _tasks(srv)
         with _idle_streams(srv, 20):
             during = _tasks(srv)
         assert during - before == 20 * 2
+        assert _wait_for_tasks(srv, before) == before, "tasks left behind by closed streams"
+    assert closed == [CloseReason.DISCONNECTED] * 20
 
+
+def test_the_gateways_body_limit_keeps_the_stream_taskless() -> None:
+    """The gateway's body-size limit wraps receive() and says so: a stream behind it is still
+    watched without a task (and a disconnect still ends it)."""
+    closed: list[CloseReason | None] = []
+    app = BodyLimitMiddleware(_idle_app(ShutdownSignal(), closed), max_bytes=1024)
+    with run_server(app) as srv:
+        _settle(srv)
+        before = _tasks(srv)
+        with _idle_streams(srv, 20):
+            during = _tasks(srv)
+        assert during - before == 20
+        assert _wait_for_tasks(srv, before) == before, "tasks left behind by closed streams"
+    assert closed == [CloseReason.DISCONNECTED] * 20
+
+
+def test_a_request_body_sent_while_streaming_is_read_through_not_taken_for_a_leave() -> None:
+    """The watcher reads the request body (chunked, sent in parts after the response began)
+    and keeps streaming; the client leaving afterwards ends the stream as a disconnect."""
+    closed: list[CloseReason | None] = []
+    app = _idle_app(ShutdownSignal(), closed, ping_interval=0.2, methods=["POST"])
+    with run_server(app) as srv, socket.create_connection(("127.0.0.1", srv.port)) as sock:
+        sock.settimeout(10)
+        sock.sendall(
+            b"POST / HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+        )
+        got = b""
+        while b"\r\n\r\n" not in got:
+            got += sock.recv(4096)
+        for _ in range(20):
+            sock.sendall(b"400\r\n" + b"x" * 1024 + b"\r\n")
+        sock.sendall(b"0\r\n\r\n")
+        # A heartbeat written after the whole body was sent: the stream lives on.
+        _settle(srv)
+        got = b""
+        while b": ping" not in got:
+            chunk = sock.recv(4096)
+            assert chunk, "the stream ended when the request body did"
+            got += chunk
+        assert closed == []
+        sock.close()
         deadline = time.monotonic() + 5
-        while _tasks(srv) > before and time.monotonic() < deadline:
+        while not closed and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert _tasks(srv) == before, "tasks left behind by closed streams"
+        assert closed == [CloseReason.DISCONNECTED]
 
 
 def test_memory_kept_per_idle_stream_is_bounded() -> None:
@@ -122,8 +223,8 @@ def test_memory_kept_per_idle_stream_is_bounded() -> None:
     grown = after.filter_traces(ours).compare_to(before.filter_traces(ours), "filename")
     per_stream = sum(stat.size_diff for stat in grown) / STREAMS
     # Everything allocated with the response's code on the stack: its frames and state, the
-    # task group, the child task and the content it drives (here ~600 bytes), the server's
-    # receive(). Measured 7,600 bytes (CPython 3.11, anyio 4.16), of which ~2,600 are the
-    # anyio child task and ~1,100 the task group. The previous design, a writer parked in a
-    # cancel scope of its own, kept 9,700; a second child task adds ~2,600.
-    assert per_stream < 8_500, f"{per_stream:.0f} bytes per idle stream"
+    # task group, the content it drives (here ~600 bytes), the server's pending receive().
+    # Measured 4,960 bytes (CPython 3.11, anyio 4.16), of which ~1,100 are the task group.
+    # An anyio child task driving the content instead (the previous design) kept 7,600; a
+    # writer parked in a cancel scope of its own before that, 9,700.
+    assert per_stream < 5_800, f"{per_stream:.0f} bytes per idle stream"

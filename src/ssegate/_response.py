@@ -1,29 +1,33 @@
 """``EventSourceResponse``: an ASGI response that writes an async iterable of events.
 
-A response runs its tasks in one task group — its own task and one child, a second child
-only while a burst is being written — and whichever ends the stream cancels the rest:
+A response runs in one task group — its own task, and a second one only while a burst is
+being written — and whichever ends the stream cancels the rest:
 
-* the response's **own task listens for the client leaving**: it awaits ``receive()`` from
-  the request body on, for as long as the stream lasts, so a client that leaves is noticed at
-  once even while the content is idle (and a ``receive()`` that would return the request body
-  is never cancelled, which granian would take for a disconnect);
-* the **producer** (the child) pulls events from the content. An event that took a wait (a
-  token, after the model thought) is written by the producer itself when nothing else is
-  being written: no hand-over, no event-loop turn of latency. Events that come back to back
-  (a burst, a replay) go into a bounded buffer instead. When the content is done the
+* the **producer** (the response's own task) pulls events from the content. An event that took
+  a wait (a token, after the model thought) is written by the producer itself when nothing
+  else is being written: no hand-over, no event-loop turn of latency. Events that come back to
+  back (a burst, a replay) go into a bounded buffer instead. When the content is done the
   producer ends the body and the task group;
-* the **writer** (a second child, started when something is buffered and ending when the
-  buffer is empty) sends whatever is buffered in one ``send()``, so events that arrive while
-  ``send()`` is slow leave in one coalesced write, not one each;
+* the **writer** (a child, started when something is buffered and ending when the buffer is
+  empty) sends whatever is buffered in one ``send()``, so events that arrive while ``send()``
+  is slow leave in one coalesced write, not one each;
+* the **listener** notices the client leaving at once, even while the content is idle: it
+  awaits ``receive()`` from the request body on, for as long as the stream lasts (a
+  ``receive()`` that would return the request body is never cancelled, which granian would
+  take for a disconnect). On uvicorn it is no task but a :class:`_ReceiveWatcher`, which
+  drives uvicorn's ``receive()`` from event-loop callbacks. Elsewhere (another server, a
+  middleware's ``receive()``, trio) the response's own task listens and the producer is a
+  child task;
 * the **watchdog** (only when a heartbeat, ``send_timeout`` or ``max_duration`` is set) queues
   a ``: ping`` comment after ``ping_interval`` seconds without a write, ends the stream when
   one write blocks longer than ``send_timeout``, and ends it after ``max_duration``. On asyncio
   it is an entry in one heap per event loop behind one loop timer (:class:`_Timers`), elsewhere
   a third task. Writes only move a timestamp; no event starts a timer.
 
-An idle stream therefore costs its task group, one child task and a heap entry: about 7 KB
-beyond what uvicorn and Starlette keep per connection, most of it anyio's task group and child
-task (docs/performance.md). Nothing is parked in a cancel scope of its own while idle.
+An idle stream on uvicorn therefore costs its task group, a pending ``receive()`` and a heap
+entry: about 5 KB beyond what uvicorn and Starlette keep per connection, most of it the task
+group and the content itself (docs/performance.md). Nothing is parked in a cancel scope of its
+own while idle.
 
 When the stream ends early the producer is cancelled and the content iterator is closed
 (``aclose()``, shielded, bounded by ``close_timeout``), so its ``finally`` blocks run. On
@@ -433,32 +437,42 @@ class EventSourceResponse(Response):
                 await send(_FINAL)
                 self.close_reason = CloseReason.COMPLETED
             elif (run := await self._start(scope, send, iterator)) is not None:
+                # The client is listened for from loop callbacks where the server's
+                # receive() allows it (uvicorn's), else by this task, the producer then
+                # being a child. Either way only the stream's end stops that receive(): one
+                # that would have returned the request body is never cancelled, which
+                # granian would take for a disconnect.
+                watcher = _ReceiveWatcher.start(receive, run)
                 # The stream's task group is run from this frame, not a helper's: one
                 # coroutine fewer kept per open stream.
                 try:
                     async with anyio.create_task_group() as tg:
                         run.tg = tg
                         if run.reason is None:
-                            run.run(tg)
-                            # This task listens for the client leaving, from the request
-                            # body on, for as long as the stream lasts: the producer ends the
-                            # task group when the content is done. (Only the stream's end
-                            # cancels this receive(): one that would have returned the
-                            # request body is never cancelled, which granian would take for
-                            # a disconnect.)
-                            try:
-                                while (await receive())["type"] != "http.disconnect":
-                                    pass
-                            # A server that fails receive() once the client is gone:
-                            except Exception:
-                                log.debug("receive() failed; the client is gone", exc_info=True)
-                            run.end(CloseReason.DISCONNECTED)
-                        else:  # shutting down already: end at once, empty
+                            run.run(tg, produce=watcher is None)
+                            if watcher is not None:
+                                # This task is the producer; it ends the task group when
+                                # the content is done, the watcher when the client leaves.
+                                await run.produce()
+                            else:
+                                # This task listens for the client leaving, for as long as
+                                # the stream lasts: the producer (a child) ends the task
+                                # group when the content is done.
+                                try:
+                                    while (await receive())["type"] != "http.disconnect":
+                                        pass
+                                # A server that fails receive() once the client is gone:
+                                except Exception:
+                                    log.debug("receive() failed; the client is gone", exc_info=True)
+                                run.end(CloseReason.DISCONNECTED)
+                        else:  # shutting down already, or the client left: end at once
                             run.chunks.clear()
                         tg.cancel_scope.cancel()
                 except BaseExceptionGroup as group:
                     raise _collapse(group) from None
                 finally:
+                    if watcher is not None:
+                        watcher.close()
                     run.stop()
                     self.close_reason = run.reason
                 await self._finish(run, send)
@@ -531,6 +545,119 @@ async def _aclose(iterator: object, limit: float) -> None:
             log.exception("closing the event stream's content iterator failed")
     if scope.cancelled_caught:
         log.warning("closing the event stream's content iterator took over %s s", limit)
+
+
+#: Servers whose ``receive()`` may be driven from loop callbacks (:class:`_ReceiveWatcher`): a
+#: bound method of one of these modules' classes that waits on plain asyncio futures only.
+_DRIVABLE_RECEIVE_MODULES = frozenset(
+    {"uvicorn.protocols.http.httptools_impl", "uvicorn.protocols.http.h11_impl"}
+)
+
+
+#: The attribute by which a middleware's ``receive()`` names the one it wraps (see
+#: :func:`_mark_receive_wrapper`).
+_WRAPS_RECEIVE = "_ssegate_wraps_receive"
+
+
+def _mark_receive_wrapper(wrapper: Receive, inner: Receive) -> None:
+    """Declare that ``wrapper`` only awaits ``inner`` (no anyio, no task of its own), so an
+    event stream may drive it as it may drive ``inner`` (a body-size limit's counting
+    ``receive()``, say)."""
+    setattr(wrapper, _WRAPS_RECEIVE, inner)
+
+
+def _drivable(receive: Receive) -> bool:
+    """Whether ``receive`` is known to need no task of its own: uvicorn's, bare or behind
+    middleware marked with :func:`_mark_receive_wrapper` (an unmarked wrapper may use anyio,
+    which needs a task)."""
+    for _ in range(16):  # a chain of marked wrappers, bounded
+        inner = getattr(receive, _WRAPS_RECEIVE, None)
+        if inner is None:
+            break
+        receive = inner
+    owner = getattr(receive, "__self__", None)
+    return (
+        owner is not None
+        and getattr(receive, "__name__", None) == "receive"
+        and type(owner).__module__ in _DRIVABLE_RECEIVE_MODULES
+    )
+
+
+class _ReceiveWatcher:
+    """Listens for the client leaving without a task: drives the server's ``receive()``
+    coroutines from event-loop callbacks, as an asyncio task would, and ends the stream when
+    one returns ``http.disconnect`` (or fails).
+
+    An idle stream then keeps its own task (the producer, awaiting the content) and this
+    object with one pending ``receive()`` — not an anyio child task, whose handle, cancel
+    scope and event cost about 3 KB per open stream. Used only on asyncio and only for
+    ``receive()`` callables known to wait on plain asyncio futures (:func:`_drivable`: uvicorn's);
+    anything else is listened for by the response's own task, the producer being a child.
+    The watcher's life is the stream's: :meth:`close` (in the response's ``finally``) closes
+    the pending ``receive()``, as cancelling the listening task would.
+    """
+
+    __slots__ = ("_coro", "_future", "_receive", "_stream")
+
+    def __init__(self, receive: Receive, stream: _Stream) -> None:
+        self._receive = receive
+        self._stream = stream
+        self._coro: Any = None  # the pending receive()'s iterator
+        self._future: asyncio.Future[Any] | None = None  # what it waits on
+
+    @classmethod
+    def start(cls, receive: Receive, stream: _Stream) -> _ReceiveWatcher | None:
+        """Start watching, or ``None`` if ``receive`` needs a task (the caller listens)."""
+        if stream.loop is None or stream.reason is not None or not _drivable(receive):
+            return None
+        watcher = cls(receive, stream)
+        watcher._step()
+        return watcher
+
+    def _step(self, future: object = None) -> None:
+        """Run ``receive()`` calls until one waits or the client is gone."""
+        self._future = None
+        while self._stream.reason is None:
+            coro = self._coro
+            if coro is None:
+                coro = self._coro = self._receive().__await__()
+            try:
+                waiting = coro.send(None)
+            except StopIteration as done:
+                self._coro = None
+                if done.value["type"] == "http.disconnect":
+                    break
+                continue  # the request body (or a part of it): read on
+            except (Exception, asyncio.CancelledError):
+                self._coro = None
+                log.debug("receive() failed; the client is gone", exc_info=True)
+                break
+            if getattr(waiting, "_asyncio_future_blocking", None):
+                # What a task does with an awaited future: wake when it is done.
+                waiting._asyncio_future_blocking = False
+                self._future = waiting
+                waiting.add_done_callback(self._step)
+                return
+            if waiting is None:  # a bare yield: another turn of the loop
+                assert self._stream.loop is not None
+                self._stream.loop.call_soon(self._step)
+                return
+            # Not an asyncio awaitable after all (a task would fail it too): cannot watch.
+            log.error("receive() awaited %r; treating the client as gone", waiting)
+            self.close()
+            break
+        self._stream.end(CloseReason.DISCONNECTED)
+
+    def close(self) -> None:
+        """Stop watching: close the pending ``receive()``."""
+        future = self._future
+        if future is not None:
+            self._future = None
+            future.remove_done_callback(self._step)
+        coro = self._coro
+        if coro is not None:
+            self._coro = None
+            coro.close()
 
 
 # The writer's (rare) wait for the producer's own write to finish: on asyncio a bare future
@@ -726,12 +853,13 @@ class _Stream:
     def on_shutdown(self) -> None:
         self.end(CloseReason.SHUTDOWN)
 
-    def run(self, tg: anyio.abc.TaskGroup) -> None:
-        """Start the producer, the writer if something is buffered already, and the watchdog
-        if a heartbeat or a time limit is set."""
+    def run(self, tg: anyio.abc.TaskGroup, *, produce: bool) -> None:
+        """Start the writer if something is buffered already, the producer as a child if
+        ``produce``, and the watchdog if a heartbeat or a time limit is set."""
         if self.chunks:
             self.start_writer()
-        tg.start_soon(self.produce, name=_PRODUCER)
+        if produce:
+            tg.start_soon(self.produce, name=_PRODUCER)
         options = self.options
         if (
             options.ping_interval is not None

@@ -35,7 +35,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._jobs import JobObserver
-from .._response import CloseReason, EventSourceResponse
+from .._response import CloseReason, EventSourceResponse, _mark_receive_wrapper
 from ..store import StreamInfo, StreamStatus
 from ._errors import ApiError
 
@@ -112,6 +112,10 @@ class BodyLimitMiddleware:
                     exceeded = True
                     raise _BodyTooLarge
             return message
+
+        # It only awaits the server's receive(): an event stream may watch it from loop
+        # callbacks instead of a task (ssegate._response._ReceiveWatcher).
+        _mark_receive_wrapper(limited_receive, receive)
 
         async def guarded_send(message: Message) -> None:
             nonlocal started
