@@ -25,7 +25,15 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import ssegate._response
-from ssegate._response import CloseReason, EventSourceResponse, ShutdownSignal
+from ssegate._response import (
+    CloseReason,
+    EventSourceResponse,
+    EventStreamOptions,
+    ShutdownSignal,
+    StreamItem,
+    _ReceiveWatcher,
+    _Stream,
+)
 from ssegate.gateway._limits import BodyLimitMiddleware
 from ssegate.testing import RunningServer, run_server
 
@@ -228,3 +236,93 @@ def test_memory_kept_per_idle_stream_is_bounded() -> None:
     # An anyio child task driving the content instead (the previous design) kept 7,600; a
     # writer parked in a cancel scope of its own before that, 9,700.
     assert per_stream < 5_800, f"{per_stream:.0f} bytes per idle stream"
+
+
+async def _never() -> AsyncIterator[StreamItem]:
+    await anyio.sleep_forever()
+    yield "never"
+
+
+async def _no_send(message: Message) -> None:
+    pass
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("steps", "reason"),
+    [
+        # A bare yield (asyncio.sleep(0)) takes another loop turn, as a task would.
+        (["yield", "disconnect"], CloseReason.DISCONNECTED),
+        # Request body parts are read through.
+        (["body", "wait", "body", "disconnect"], CloseReason.DISCONNECTED),
+        # A receive() that fails: the client is gone.
+        (["wait", "fail"], CloseReason.DISCONNECTED),
+    ],
+)
+async def test_the_watcher_drives_receive_as_a_task_would(
+    steps: list[str], reason: CloseReason
+) -> None:
+    """The watcher drives any asyncio receive() coroutine: futures, bare yields, messages
+    that are not a disconnect, failures."""
+    steps = list(steps)
+    loop = asyncio.get_running_loop()
+    gates: list[asyncio.Future[None]] = []
+    calls = 0
+
+    async def receive() -> Message:
+        nonlocal calls
+        calls += 1
+        while steps:
+            step = steps.pop(0)
+            if step == "yield":
+                await asyncio.sleep(0)
+            elif step == "wait":
+                gate = loop.create_future()
+                gates.append(gate)
+                await gate
+            elif step == "body":
+                return {"type": "http.request", "body": b"x", "more_body": True}
+            elif step == "fail":
+                raise RuntimeError("receive() after the connection was lost")
+            else:
+                return {"type": "http.disconnect"}
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    stream = _Stream(EventStreamOptions(), _never(), b"", _no_send)
+    watcher = _ReceiveWatcher(receive, stream)
+    watcher._step()
+    with anyio.fail_after(5):
+        while stream.reason is None:
+            for gate in gates:
+                if not gate.done():
+                    gate.set_result(None)
+            await asyncio.sleep(0)
+    assert stream.reason is reason
+    assert not steps, "the watcher stopped before receive() said the client was gone"
+    assert calls >= 1
+
+
+@pytest.mark.anyio
+async def test_closing_the_watcher_closes_the_pending_receive() -> None:
+    """close() ends the pending receive() (its finally runs) and starts no other."""
+    finished: list[str] = []
+    calls = 0
+
+    async def receive() -> Message:
+        nonlocal calls
+        calls += 1
+        try:
+            await asyncio.Event().wait()
+        finally:
+            finished.append("closed")
+        raise AssertionError("unreachable")
+
+    stream = _Stream(EventStreamOptions(), _never(), b"", _no_send)
+    watcher = _ReceiveWatcher(receive, stream)
+    watcher._step()
+    watcher.close()
+    watcher._step()  # a late wake-up does nothing
+    assert finished == ["closed"]
+    assert calls == 1
+    assert stream.reason is None

@@ -600,7 +600,7 @@ class _ReceiveWatcher:
     __slots__ = ("_coro", "_future", "_receive", "_stream")
 
     def __init__(self, receive: Receive, stream: _Stream) -> None:
-        self._receive = receive
+        self._receive: Receive | None = receive  # None once closed
         self._stream = stream
         self._coro: Any = None  # the pending receive()'s iterator
         self._future: asyncio.Future[Any] | None = None  # what it waits on
@@ -617,10 +617,13 @@ class _ReceiveWatcher:
     def _step(self, future: object = None) -> None:
         """Run ``receive()`` calls until one waits or the client is gone."""
         self._future = None
-        while self._stream.reason is None:
+        receive = self._receive
+        if receive is None or self._stream.reason is not None:
+            return  # closed, or the stream is ending: close() ends the pending receive()
+        while True:
             coro = self._coro
             if coro is None:
-                coro = self._coro = self._receive().__await__()
+                coro = self._coro = receive().__await__()
             try:
                 waiting = coro.send(None)
             except StopIteration as done:
@@ -644,12 +647,13 @@ class _ReceiveWatcher:
                 return
             # Not an asyncio awaitable after all (a task would fail it too): cannot watch.
             log.error("receive() awaited %r; treating the client as gone", waiting)
-            self.close()
             break
+        self.close()
         self._stream.end(CloseReason.DISCONNECTED)
 
     def close(self) -> None:
-        """Stop watching: close the pending ``receive()``."""
+        """Stop watching: close the pending ``receive()``; call no more."""
+        self._receive = None
         future = self._future
         if future is not None:
             self._future = None
