@@ -389,10 +389,13 @@ def test_no_generated_request_gets_a_5xx(target: Target) -> None:
     statuses: Counter[int] = Counter()
     with httpx.Client(timeout=httpx.Timeout(10.0)) as client:
 
+        # Derandomized: the same 2,000 requests every run (a seed from the test itself), so
+        # that the reach asserted below is a property of the generator, not of the draw.
         @settings(
             max_examples=EXAMPLES,
             deadline=None,
             database=None,
+            derandomize=True,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
         )
         @given(request=http_requests(target))
@@ -412,7 +415,7 @@ def test_no_generated_request_gets_a_5xx(target: Target) -> None:
     assert sum(statuses.values()) >= EXAMPLES
     # The generator reached past the front door: successes and many kinds of refusal.
     for status in (200, 201, 400, 401, 404, 405, 413, 415, 422):
-        assert statuses[status] > 0, (status, statuses)
+        assert statuses[status] >= 5, (status, statuses)
 
 
 # -- an audit of the routes, case by case --------------------------------------------------------
