@@ -388,7 +388,6 @@ def _check(request: dict[str, Any], response: httpx.Response, body: bytes) -> No
 def test_no_generated_request_gets_a_5xx(target: Target) -> None:
     statuses: Counter[int] = Counter()
     with httpx.Client(timeout=httpx.Timeout(10.0)) as client:
-
         # Derandomized: the same 2,000 requests every run (a seed from the test itself), so
         # that the reach asserted below is a property of the generator, not of the draw.
         @settings(
