@@ -171,7 +171,6 @@ class _Job:
         "first_delta",
         "grace",
         "last_delta",
-        "monotonic_start",
         "on_disconnect",
         "provider",
         "request",
@@ -195,12 +194,12 @@ class _Job:
         self.request = request
         self.on_disconnect = on_disconnect
         self.grace = grace
-        self.started = anyio.current_time()
-        # The delta timings (observer metrics only) read time.monotonic(): once per delta,
-        # anyio.current_time() costs several times more (it asks which event loop runs).
-        self.monotonic_start = time.monotonic()
-        # Made before the task runs, so a cancel that comes first still takes effect.
-        self.scope = anyio.CancelScope(deadline=self.started + max_duration)
+        # Observer timings (first token, deltas, duration) read time.monotonic(): read once per
+        # delta, anyio.current_time() costs several times more (it asks which loop runs).
+        self.started = time.monotonic()
+        # Made before the task runs, so a cancel that comes first still takes effect. The
+        # deadline is on the event loop's clock.
+        self.scope = anyio.CancelScope(deadline=anyio.current_time() + max_duration)
         self.cause: str | None = None
         self.done = anyio.Event()
         self.deltas = 0  # for JobObserver.on_generated
@@ -405,7 +404,7 @@ class JobManager:
                 job.stream_id,
                 outcome.status,
                 outcome.cause,
-                anyio.current_time() - job.started,
+                time.monotonic() - job.started,
                 outcome.usage,
             )
 
@@ -437,7 +436,7 @@ class JobManager:
                         if first_token:
                             first_token = False
                             job.first_delta = now
-                            self._notify("on_first_token", sid, now - job.monotonic_start)
+                            self._notify("on_first_token", sid, now - job.started)
                         await store.append(sid, event, data)
                         job.deltas += 1
                         job.last_delta = now
