@@ -149,12 +149,14 @@ class _Parse:
 class _Connection:
     """One open connection: its stream, its pool key and the idle bookkeeping."""
 
-    __slots__ = ("idle_since", "key", "stream")
+    __slots__ = ("idle_since", "key", "on_asyncio", "stream")
 
     def __init__(self, key: _Key, stream: anyio.abc.ByteStream) -> None:
         self.key = key
         self.stream = stream
         self.idle_since = 0.0
+        # A connection is used on the event loop that opened it: asked once, not per read.
+        self.on_asyncio = _on_asyncio()
 
     def reusable(self, now: float, expiry: float) -> bool:
         """Whether this idle connection can carry another request."""
@@ -341,7 +343,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
     async def _read_head(self, conn: _Connection, parse: _Parse, limit: float | None) -> None:
         received = 0
         while not parse.headers_done:
-            data = await _receive(conn.stream, limit)
+            data = await _receive(conn, limit)
             if not data:
                 raise httpx.RemoteProtocolError("server disconnected without sending a response")
             parse.feed(data)
@@ -388,7 +390,7 @@ class _ResponseStream(httpx.AsyncByteStream):
             parse.body.clear()
             yield body
         while not parse.complete:
-            data = await _receive(self._conn.stream, self._limit)
+            data = await _receive(self._conn, self._limit)
             if not data:
                 if self._until_close:
                     parse.complete = True
@@ -433,16 +435,18 @@ def _seconds(timeout: Any) -> float:
     return float("inf") if timeout is None else float(timeout)
 
 
-async def _receive(stream: anyio.abc.ByteStream, limit: float | None) -> bytes:
-    """One socket read, ``b""`` at the end of the stream; httpx's exceptions for faults.
+async def _receive(conn: _Connection, limit: float | None) -> bytes:
+    """One socket read of ``conn``, ``b""`` at the end of the stream; httpx's exceptions for
+    faults.
 
     ``limit`` (seconds, ``None`` for none) is httpx's read timeout: each phase's limit maps to
     its own httpx exception, so the limits are applied here rather than by the caller.
     """
+    stream = conn.stream
     try:
         if limit is None:
             return await stream.receive(_READ_SIZE)
-        if _on_asyncio():
+        if conn.on_asyncio:
             # The same limit at a third of the cost of anyio.fail_after(), which is paid on
             # every read (a token, when the upstream is paced). Python >= 3.11's timeout
             # counts cancellations, so an anyio cancel scope around it keeps working.
