@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 
 import anyio
 import pytest
@@ -33,3 +35,31 @@ def test_the_served_loop_is_declared_asyncio_to_sniffio() -> None:
         uvloop.run(main())
     assert seen == ["asyncio", "asyncio"]
     assert sniffio.current_async_library_cvar.get() is None  # reset after the run
+
+
+_SERVE_PROBE = """
+import sniffio
+from ssegate.gateway import _app
+from ssegate.gateway._settings import Settings
+
+def serve(self):  # the server's run, as uvicorn.Server.run is called by run()
+    print("library:", sniffio.current_async_library_cvar.get())
+    self.started = True
+
+_app._GatewayServer.run = serve
+print("exit:", _app.run(Settings(port=0, log_level="warning")))
+print("after:", sniffio.current_async_library_cvar.get())
+"""
+
+
+def test_serve_runs_the_server_with_asyncio_declared() -> None:
+    """``ssegate serve`` (``gateway._app.run``) runs its server inside the declaration; in a
+    process of its own, since ``run`` sets up logging and the GC for the whole process."""
+    out = subprocess.run(
+        [sys.executable, "-c", _SERVE_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.splitlines()
+    assert out == ["library: asyncio", "exit: 0", "after: None"]

@@ -12,7 +12,7 @@ import gc
 import socket
 import time
 import tracemalloc
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -295,18 +295,23 @@ async def test_the_watcher_drives_receive_as_a_task_would(
 
 @pytest.mark.anyio
 async def test_closing_the_watcher_closes_the_pending_receive() -> None:
-    """close() ends the pending receive() (its finally runs) and starts no other."""
+    """close() ends the pending receive() (its finally runs) and starts no other. The test
+    keeps the receive() coroutine itself, so only an explicit close ends it (not the
+    coroutine being dropped)."""
     finished: list[str] = []
-    calls = 0
+    pending: list[Coroutine[Any, Any, Message]] = []
 
-    async def receive() -> Message:
-        nonlocal calls
-        calls += 1
+    async def waiting() -> Message:
         try:
             await asyncio.Event().wait()
         finally:
             finished.append("closed")
         raise AssertionError("unreachable")
+
+    def receive() -> Coroutine[Any, Any, Message]:
+        coro = waiting()
+        pending.append(coro)
+        return coro
 
     stream = _Stream(EventStreamOptions(), _never(), b"", _no_send)
     watcher = _ReceiveWatcher(receive, stream)
@@ -314,5 +319,5 @@ async def test_closing_the_watcher_closes_the_pending_receive() -> None:
     watcher.close()
     watcher._step()  # a late wake-up does nothing
     assert finished == ["closed"]
-    assert calls == 1
+    assert len(pending) == 1
     assert stream.reason is None
