@@ -8,6 +8,7 @@ drops or reorders one event is caught.
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.util
 import os
 import sys
@@ -151,3 +152,49 @@ async def test_a_missing_or_reordered_event_is_caught(broken_server: int) -> Non
     assert not result.ok
     assert result.failed == 2
     assert "not intact or out of order" in result.errors[0]
+
+
+# -- the load generator keeps its own garbage collector out of the measurement --------------
+
+
+class _GcWitness(asyncio.Protocol):
+    """Serves ``/stream`` intact and notes whether this process collects garbage meanwhile."""
+
+    seen: list[bool]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.seen.append(gc.isenabled())
+        payload = make_payload(32, False)
+        body = "".join(f"id: {i}\ndata: {payload(i)}\n\n" for i in range(20)).encode()
+        head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: %d\r\n\r\n"
+        self.transport.write(head % len(body) + body)
+
+
+@pytest.mark.anyio
+async def test_the_load_generator_does_not_collect_garbage_during_a_run() -> None:
+    loop = asyncio.get_running_loop()
+    seen: list[bool] = []
+
+    def factory() -> _GcWitness:
+        witness = _GcWitness()
+        witness.seen = seen
+        return witness
+
+    server = await loop.create_server(factory, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    assert gc.isenabled()
+    try:
+        check = Check("seq", 20, expected_payloads(20, 32))
+        result = await run_streams(
+            port, request_bytes("GET", "/stream", port=port), 3, check, timeout=10
+        )
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert result.ok, result.errors
+    assert seen == [False, False, False]  # every request arrived while collection was off
+    assert gc.isenabled()  # and it is back on afterwards, with nothing left frozen
+    assert gc.get_freeze_count() == 0
