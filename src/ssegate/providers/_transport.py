@@ -6,6 +6,10 @@ provider code runs. This transport parses the response with ``httptools`` (llhtt
 hands httpx the body bytes of a whole socket read at once: every chunk that arrived together,
 concatenated. The provider then decodes many tokens per call.
 
+Plain ``http`` on asyncio runs on :class:`~ssegate.providers._wire.AsyncioWire` (one protocol
+that keeps the socket readable, a bounded buffer and one read deadline per connection);
+``https``, and any other anyio backend, on anyio's socket streams.
+
 What it does, and where it departs from httpcore:
 
 * HTTP/1.1 only (ALPN offers ``http/1.1``), ``http`` and ``https``; TLS with the same default
@@ -39,6 +43,8 @@ import anyio
 import anyio.abc
 import httptools
 import httpx
+
+from ._wire import AsyncioWire, connect_asyncio
 
 __all__ = ["LeanTransport"]
 
@@ -151,7 +157,7 @@ class _Connection:
 
     __slots__ = ("idle_since", "key", "on_asyncio", "stream")
 
-    def __init__(self, key: _Key, stream: anyio.abc.ByteStream) -> None:
+    def __init__(self, key: _Key, stream: anyio.abc.ByteStream | AsyncioWire) -> None:
         self.key = key
         self.stream = stream
         self.idle_since = 0.0
@@ -162,6 +168,8 @@ class _Connection:
         """Whether this idle connection can carry another request."""
         if now - self.idle_since > expiry:
             return False
+        if isinstance(self.stream, AsyncioWire):
+            return self.stream.idle_and_open()
         try:
             sock = self.stream.extra(anyio.abc.SocketAttribute.raw_socket)
             fd = sock.fileno()
@@ -260,7 +268,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
             raise
         return _Connection(key, stream)
 
-    async def _connect(self, key: _Key, limit: float | None) -> anyio.abc.ByteStream:
+    async def _connect(self, key: _Key, limit: float | None) -> anyio.abc.ByteStream | AsyncioWire:
         scheme, host, port = key
         try:
             with anyio.fail_after(_seconds(limit)):
@@ -274,6 +282,8 @@ class LeanTransport(httpx.AsyncBaseTransport):
                         tls_hostname=host,
                         tls_standard_compatible=False,
                     )
+                if _on_asyncio():
+                    return await connect_asyncio(host, port)
                 return await anyio.connect_tcp(host, port)
         except TimeoutError:
             raise httpx.ConnectTimeout(f"timed out connecting to {host}:{port}") from None
@@ -303,7 +313,10 @@ class LeanTransport(httpx.AsyncBaseTransport):
     async def _discard(self, conn: _Connection) -> None:
         """Close ``conn`` at once (no TLS goodbye) and free its place in the pool."""
         try:
-            await anyio.aclose_forcefully(conn.stream)
+            if isinstance(conn.stream, AsyncioWire):
+                conn.stream.abort()
+            else:
+                await anyio.aclose_forcefully(conn.stream)
         finally:
             self._permits.release()
 
@@ -443,6 +456,13 @@ async def _receive(conn: _Connection, limit: float | None) -> bytes:
     its own httpx exception, so the limits are applied here rather than by the caller.
     """
     stream = conn.stream
+    if isinstance(stream, AsyncioWire):  # plain http on asyncio: the wire keeps the limit
+        try:
+            return await stream.receive(limit)
+        except TimeoutError:
+            raise httpx.ReadTimeout("timed out waiting for the server") from None
+        except OSError as exc:
+            raise httpx.ReadError(_reason(exc)) from exc
     try:
         if limit is None:
             return await stream.receive(_READ_SIZE)
