@@ -17,10 +17,22 @@ import pytest
 from anyio.abc import ByteStream, SocketAttribute
 from anyio.streams.tls import TLSListener
 
+from ssegate.providers import _transport
 from ssegate.providers._transport import LeanTransport, _Parse
 from ssegate.testing import closed_port_url
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(autouse=True, params=["asyncio-wire", "anyio-wire"])
+def wire(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test on both connection kinds: plain ``http`` on asyncio reads through
+    ``AsyncioWire``; ``anyio-wire`` makes it take anyio's stream, as ``https`` and other
+    backends do."""
+    if request.param == "anyio-wire":
+        monkeypatch.setattr(_transport, "on_asyncio", lambda: False)
+    return str(request.param)
+
 
 Handler = Callable[[ByteStream], Awaitable[None]]
 

@@ -8,7 +8,8 @@ concatenated. The provider then decodes many tokens per call.
 
 Plain ``http`` on asyncio runs on :class:`~ssegate.providers._wire.AsyncioWire` (one protocol
 that keeps the socket readable, a bounded buffer and one read deadline per connection);
-``https``, and any other anyio backend, on anyio's socket streams.
+``https``, and any other anyio backend, on anyio's socket streams (``AnyioWire``). Both are
+read, written, checked and closed through the same four calls.
 
 What it does, and where it departs from httpcore:
 
@@ -33,22 +34,18 @@ What it does, and where it departs from httpcore:
 
 from __future__ import annotations
 
-import asyncio
-import select
 import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
-import anyio.abc
 import httptools
 import httpx
 
-from ._wire import AsyncioWire, connect_asyncio
+from ._wire import AnyioWire, Wire, connect_asyncio, on_asyncio
 
 __all__ = ["LeanTransport"]
 
-_READ_SIZE = 256 * 1024
 _MAX_HEAD = 64 * 1024  # bytes of a response head (status line and headers)
 _CONNECTION_ERRORS = (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError)
 
@@ -153,31 +150,18 @@ class _Parse:
 
 
 class _Connection:
-    """One open connection: its stream, its pool key and the idle bookkeeping."""
+    """One open connection: its wire, its pool key and the idle bookkeeping."""
 
-    __slots__ = ("idle_since", "key", "on_asyncio", "stream")
+    __slots__ = ("idle_since", "key", "stream")
 
-    def __init__(self, key: _Key, stream: anyio.abc.ByteStream | AsyncioWire) -> None:
+    def __init__(self, key: _Key, stream: Wire) -> None:
         self.key = key
         self.stream = stream
         self.idle_since = 0.0
-        # A connection is used on the event loop that opened it: asked once, not per read.
-        self.on_asyncio = _on_asyncio()
 
     def reusable(self, now: float, expiry: float) -> bool:
         """Whether this idle connection can carry another request."""
-        if now - self.idle_since > expiry:
-            return False
-        if isinstance(self.stream, AsyncioWire):
-            return self.stream.idle_and_open()
-        try:
-            sock = self.stream.extra(anyio.abc.SocketAttribute.raw_socket)
-            fd = sock.fileno()
-            # anyio stops reading between receive() calls, so a FIN (or stray bytes) from
-            # the server is still in the socket: readable while idle means unusable.
-            return fd >= 0 and not select.select([fd], [], [], 0)[0]
-        except (OSError, ValueError, anyio.TypedAttributeLookupError):
-            return False
+        return now - self.idle_since <= expiry and self.stream.idle_and_open()
 
 
 class LeanTransport(httpx.AsyncBaseTransport):
@@ -268,23 +252,24 @@ class LeanTransport(httpx.AsyncBaseTransport):
             raise
         return _Connection(key, stream)
 
-    async def _connect(self, key: _Key, limit: float | None) -> anyio.abc.ByteStream | AsyncioWire:
+    async def _connect(self, key: _Key, limit: float | None) -> Wire:
         scheme, host, port = key
         try:
             with anyio.fail_after(_seconds(limit)):
                 if scheme == "https":
                     if self._ssl_context is None:
                         self._ssl_context = _default_ssl_context()
-                    return await anyio.connect_tcp(
+                    tls = await anyio.connect_tcp(
                         host,
                         port,
                         ssl_context=self._ssl_context,
                         tls_hostname=host,
                         tls_standard_compatible=False,
                     )
-                if _on_asyncio():
+                    return AnyioWire(tls)
+                if on_asyncio():
                     return await connect_asyncio(host, port)
-                return await anyio.connect_tcp(host, port)
+                return AnyioWire(await anyio.connect_tcp(host, port))
         except TimeoutError:
             raise httpx.ConnectTimeout(f"timed out connecting to {host}:{port}") from None
         except (*_CONNECTION_ERRORS, ssl.SSLError) as exc:
@@ -313,10 +298,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
     async def _discard(self, conn: _Connection) -> None:
         """Close ``conn`` at once (no TLS goodbye) and free its place in the pool."""
         try:
-            if isinstance(conn.stream, AsyncioWire):
-                conn.stream.abort()
-            else:
-                await anyio.aclose_forcefully(conn.stream)
+            await conn.stream.aclose()
         finally:
             self._permits.release()
 
@@ -436,14 +418,6 @@ class _ResponseStream(httpx.AsyncByteStream):
             await self._transport._discard(self._conn)
 
 
-def _on_asyncio() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:  # another anyio backend (trio)
-        return False
-    return True
-
-
 def _seconds(timeout: Any) -> float:
     return float("inf") if timeout is None else float(timeout)
 
@@ -455,27 +429,8 @@ async def _receive(conn: _Connection, limit: float | None) -> bytes:
     ``limit`` (seconds, ``None`` for none) is httpx's read timeout: each phase's limit maps to
     its own httpx exception, so the limits are applied here rather than by the caller.
     """
-    stream = conn.stream
-    if isinstance(stream, AsyncioWire):  # plain http on asyncio: the wire keeps the limit
-        try:
-            return await stream.receive(limit)
-        except TimeoutError:
-            raise httpx.ReadTimeout("timed out waiting for the server") from None
-        except OSError as exc:
-            raise httpx.ReadError(_reason(exc)) from exc
     try:
-        if limit is None:
-            return await stream.receive(_READ_SIZE)
-        if conn.on_asyncio:
-            # The same limit at a third of the cost of anyio.fail_after(), which is paid on
-            # every read (a token, when the upstream is paced). Python >= 3.11's timeout
-            # counts cancellations, so an anyio cancel scope around it keeps working.
-            async with asyncio.timeout(limit):
-                return await stream.receive(_READ_SIZE)
-        with anyio.fail_after(limit):
-            return await stream.receive(_READ_SIZE)
-    except anyio.EndOfStream:
-        return b""
+        return await conn.stream.receive(limit)
     except TimeoutError:
         raise httpx.ReadTimeout("timed out waiting for the server") from None
     except _CONNECTION_ERRORS as exc:

@@ -15,9 +15,11 @@ for the connection's life and keeps what arrives in its own bounded buffer:
   lands in the protocol, so :meth:`AsyncioWire.idle_and_open` answers from its state.
 
 The lean transport uses it for ``http`` on asyncio; ``https`` and other anyio backends keep
-anyio's streams. Faults raise what the transport expects: ``OSError`` from ``send``/``receive``
-(the transport maps it to httpx's ``WriteError``/``ReadError``) and ``TimeoutError`` for a
-read that waited past its limit.
+anyio's streams behind :class:`AnyioWire`, which offers the same four calls (``receive``,
+``send``, ``aclose``, ``idle_and_open``), so the transport reads every connection one way.
+Faults raise what the transport expects: ``OSError`` (or anyio's broken/closed-resource errors)
+from ``send``/``receive`` — the transport maps them to httpx's ``WriteError``/``ReadError`` —
+and ``TimeoutError`` for a read that waited past its limit.
 """
 
 from __future__ import annotations
@@ -26,11 +28,46 @@ import asyncio
 import os
 import select
 import socket
+from typing import Protocol
 
-__all__ = ["AsyncioWire", "connect_asyncio"]
+import anyio
+import anyio.abc
+
+__all__ = ["AnyioWire", "AsyncioWire", "Wire", "connect_asyncio", "on_asyncio"]
 
 _HIGH_WATER = 1024 * 1024  # unread bytes before the socket stops being read
-_LOW_WATER = 256 * 1024
+_READ_SIZE = 256 * 1024  # the most one anyio read asks for
+
+
+class Wire(Protocol):
+    """What the lean transport needs of a connection."""
+
+    async def receive(self, limit: float | None) -> bytes: ...
+
+    async def send(self, data: bytes) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    def idle_and_open(self) -> bool: ...
+
+
+def on_asyncio() -> bool:
+    """Whether an asyncio loop runs this code (not another anyio backend, such as trio)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _readable_now(sock: socket.socket | None) -> bool:
+    """Whether ``sock`` has something to read right now (bytes or a FIN), or can't be asked:
+    for a connection idle in the pool, either means it can't carry another request."""
+    try:
+        fd = sock.fileno() if sock is not None else -1
+        return fd < 0 or bool(select.select([fd], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
 
 
 class AsyncioWire(asyncio.Protocol):
@@ -90,9 +127,7 @@ class AsyncioWire(asyncio.Protocol):
         if exc is not None and self._error is None:
             self._error = exc if isinstance(exc, OSError) else OSError(str(exc))
         self._wake()
-        drain, self._drain = self._drain, None
-        if drain is not None and not drain.done():
-            drain.set_result(None)
+        self._release_drain()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -102,6 +137,9 @@ class AsyncioWire(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        self._release_drain()
+
+    def _release_drain(self) -> None:
         drain, self._drain = self._drain, None
         if drain is not None and not drain.done():
             drain.set_result(None)
@@ -111,14 +149,10 @@ class AsyncioWire(asyncio.Protocol):
     async def receive(self, limit: float | None) -> bytes:
         """What has arrived since the last call, waiting up to ``limit`` seconds for a byte;
         ``b""`` once the server has closed and everything was read."""
-        if not self._buffer:
-            if self._error is not None:
-                raise self._error
-            if self._eof:
-                return b""
-            await self._wait(limit)
-        else:
+        if self._buffer:
             await asyncio.sleep(0)  # data was waiting: let the loop run others first
+        elif not self._eof and self._error is None:
+            await self._wait(limit)
         if not self._buffer:
             if self._error is not None:
                 raise self._error
@@ -154,17 +188,16 @@ class AsyncioWire(asyncio.Protocol):
         finally:
             transport.abort()
 
+    async def aclose(self) -> None:
+        """:meth:`abort`, as the transport closes every connection it drops."""
+        self.abort()
+
     def idle_and_open(self) -> bool:
         """Whether nothing has arrived since the last read and the server has not closed:
         neither in this protocol nor in the socket (what the loop has not read yet)."""
         if self._buffer or self._eof or self._error is not None or self._transport is None:
             return False
-        sock = self._transport.get_extra_info("socket")
-        try:
-            fd = sock.fileno() if sock is not None else -1
-            return fd >= 0 and not select.select([fd], [], [], 0)[0]
-        except (OSError, ValueError):
-            return False
+        return not _readable_now(self._transport.get_extra_info("socket"))
 
     # -- waiting -------------------------------------------------------------------------
 
@@ -218,13 +251,53 @@ def _shutdown(sock: socket.socket | None) -> None:
 
 
 async def connect_asyncio(host: str, port: int) -> AsyncioWire:
-    """Open a TCP connection (``TCP_NODELAY`` set) on the running asyncio loop."""
+    """Open a TCP connection on the running asyncio loop (asyncio and uvloop both set
+    ``TCP_NODELAY`` on it)."""
     loop = asyncio.get_running_loop()
-    transport, wire = await loop.create_connection(lambda: AsyncioWire(loop), host, port)
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:  # pragma: no cover - not a TCP socket
-            pass
+    _, wire = await loop.create_connection(lambda: AsyncioWire(loop), host, port)
     return wire
+
+
+class AnyioWire:
+    """An anyio byte stream (TLS, or a backend other than asyncio) as a :class:`Wire`."""
+
+    __slots__ = ("_on_asyncio", "_stream")
+
+    def __init__(self, stream: anyio.abc.ByteStream) -> None:
+        self._stream = stream
+        # A connection is used on the event loop that opened it: asked once, not per read.
+        self._on_asyncio = on_asyncio()
+
+    async def receive(self, limit: float | None) -> bytes:
+        """One read (``b""`` at the end of the stream), waiting up to ``limit`` seconds."""
+        stream = self._stream
+        try:
+            if limit is None:
+                return await stream.receive(_READ_SIZE)
+            if self._on_asyncio:
+                # The same limit at a third of the cost of anyio.fail_after(), paid on every
+                # read. Python >= 3.11's timeout counts cancellations, so an anyio cancel
+                # scope around it keeps working.
+                async with asyncio.timeout(limit):
+                    return await stream.receive(_READ_SIZE)
+            with anyio.fail_after(limit):
+                return await stream.receive(_READ_SIZE)
+        except anyio.EndOfStream:
+            return b""
+
+    async def send(self, data: bytes) -> None:
+        """Write ``data``."""
+        await self._stream.send(data)
+
+    async def aclose(self) -> None:
+        """Close at once (no TLS goodbye)."""
+        await anyio.aclose_forcefully(self._stream)
+
+    def idle_and_open(self) -> bool:
+        """anyio stops reading between ``receive()`` calls, so a FIN (or stray bytes) from the
+        server is still in the socket: readable while idle means unusable."""
+        try:
+            sock = self._stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        except anyio.TypedAttributeLookupError:
+            return False
+        return not _readable_now(sock)
