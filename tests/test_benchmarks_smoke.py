@@ -104,7 +104,8 @@ async def test_stop_closes_the_upstream_connection() -> None:
 
 
 class _BrokenServer(asyncio.Protocol):
-    """Answers ``/stream`` with events 0..n-1, but one of them dropped or swapped."""
+    """Answers ``/stream`` with events 0..n-1, but one of them dropped or swapped (or, with
+    ``fault = "none"``, all of them intact)."""
 
     fault = "drop"
 
@@ -115,7 +116,7 @@ class _BrokenServer(asyncio.Protocol):
         order = list(range(20))
         if self.fault == "drop":
             del order[7]
-        else:
+        elif self.fault == "swap":
             order[7], order[8] = order[8], order[7]
         payload = make_payload(32, False)
         body = "".join(f"id: {i}\ndata: {payload(i)}\n\n" for i in order).encode()
@@ -157,20 +158,15 @@ async def test_a_missing_or_reordered_event_is_caught(broken_server: int) -> Non
 # -- the load generator keeps its own garbage collector out of the measurement --------------
 
 
-class _GcWitness(asyncio.Protocol):
+class _GcWitness(_BrokenServer):
     """Serves ``/stream`` intact and notes whether this process collects garbage meanwhile."""
 
+    fault = "none"
     seen: list[bool]
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.seen.append(gc.isenabled())
-        payload = make_payload(32, False)
-        body = "".join(f"id: {i}\ndata: {payload(i)}\n\n" for i in range(20)).encode()
-        head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: %d\r\n\r\n"
-        self.transport.write(head % len(body) + body)
+        super().data_received(data)
 
 
 @pytest.mark.anyio
