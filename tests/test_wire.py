@@ -27,6 +27,7 @@ def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, bool]]
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
+@contextlib.asynccontextmanager
 async def _served(handler: Handler) -> AsyncIterator[AsyncioWire]:
     """A server running ``handler`` for one connection, and a wire connected to it; the
     handler's socket is closed when it returns or when the test is over."""
@@ -61,7 +62,7 @@ async def test_a_read_with_nothing_to_read_times_out_after_its_limit() -> None:
         await release.wait()
         writer.close()
 
-    async for wire in _served(silent):
+    async with _served(silent) as wire:
         started = anyio.current_time()
         with pytest.raises(TimeoutError):
             await wire.receive(0.2)
@@ -77,7 +78,7 @@ async def test_a_shorter_limit_after_a_longer_one_is_kept() -> None:
         w.write(b"a")
         await asyncio.Event().wait()
 
-    async for wire in _served(one_then_silence):
+    async with _served(one_then_silence) as wire:
         asyncio.get_running_loop().call_soon(go.set)
         assert await wire.receive(30) == b"a"  # arms the deadline timer 30 s out
         started = anyio.current_time()
@@ -98,7 +99,7 @@ async def test_a_timer_left_by_a_finished_read_does_not_time_out_the_next() -> N
         writer.write(b"3")
         await asyncio.Event().wait()
 
-    async for wire in _served(paced):
+    async with _served(paced) as wire:
         assert await wire.receive(1.0) == b"1"
         assert await wire.receive(1.0) == b"2"
         assert await wire.receive(1.0) == b"3"
@@ -114,7 +115,7 @@ async def test_reading_pauses_while_too_much_waits_unread_and_nothing_is_lost() 
         sent.set()
         writer.close()
 
-    async for wire in _served(flood):
+    async with _served(flood) as wire:
         with anyio.fail_after(10):
             while not wire._paused:  # the buffer filled without anyone reading
                 await asyncio.sleep(0.01)
@@ -134,7 +135,7 @@ async def test_a_reset_is_an_oserror_and_abort_closes_at_once() -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         writer.transport.abort()
 
-    async for wire in _served(reset):
+    async with _served(reset) as wire:
         with anyio.fail_after(5):
             with pytest.raises(ConnectionResetError):
                 await wire.receive(5)
@@ -145,7 +146,7 @@ async def test_a_reset_is_an_oserror_and_abort_closes_at_once() -> None:
         await reader.read()
         closed.set()
 
-    async for wire in _served(watch):
+    async with _served(watch) as wire:
         assert wire.idle_and_open()
         wire.abort()
         assert not wire.idle_and_open()
