@@ -4,7 +4,7 @@ This package imports no asyncio, anyio or web framework and does no I/O (a test 
 """
 
 from ._decoder import Decoder
-from ._encode import encode, encode_comment
+from ._encode import encode, encode_comment, encode_fields
 from ._event import ServerSentEvent
 
-__all__ = ["Decoder", "ServerSentEvent", "encode", "encode_comment"]
+__all__ = ["Decoder", "ServerSentEvent", "encode", "encode_comment", "encode_fields"]

@@ -11,7 +11,7 @@ import re
 
 from ._event import ServerSentEvent
 
-__all__ = ["encode", "encode_comment"]
+__all__ = ["encode", "encode_comment", "encode_fields"]
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -68,3 +68,12 @@ def encode(event: ServerSentEvent) -> bytes:
 def encode_comment(text: str = "") -> bytes:
     """Encode a comment line (used for heartbeats): ignored by every client."""
     return encode(ServerSentEvent(comment=text))
+
+
+def encode_fields(data: str, *, event: str | None = None, id: str | int | None = None) -> bytes:
+    """Encode one event from its fields, without building a :class:`ServerSentEvent` first.
+
+    The same bytes as ``encode(ServerSentEvent(data=data, event=event, id=str(id)))`` and the
+    same refusals (``ValueError`` for CR or LF in ``event`` or ``id``, NUL in ``id``).
+    """
+    return encode(ServerSentEvent(data=data, event=event, id=None if id is None else str(id)))
