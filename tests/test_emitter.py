@@ -64,6 +64,12 @@ class _Harness:
         return b"".join(m.get("body", b"") for m in self.sent if m["type"] == "http.response.body")
 
 
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """The async tests of this module run on both anyio backends."""
+    return str(request.param)
+
+
 # -- the seed's pattern -------------------------------------------------------------------
 
 
@@ -496,7 +502,7 @@ def test_stream_options_pass_through() -> None:
     with run_server(_serve_emitter(make)) as srv:
         response = httpx.get(srv.url)
     assert response.headers["x-a"] == "b"
-    assert response.content == b"retry: 2500\n\ndata: x\n\n"
+    assert response.content == b"retry: 2500\ndata: x\n\n"  # retry in the first block
 
 
 # -- the lifecycle table ------------------------------------------------------------------

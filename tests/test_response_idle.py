@@ -1,8 +1,8 @@
 """What an idle EventSourceResponse keeps: tasks and Python memory per open stream.
 
-Real uvicorn on a loopback port, real sockets. The bounds are generous (the measured values
-are in the comments); they catch a second task per stream or a return of per-stream timers,
-not a few bytes. docs/performance.md has the RSS numbers against the peers.
+Real uvicorn on a loopback port, real sockets. Memory is compared with a bare Starlette
+``StreamingResponse`` in the same process (the bar: no more per idle stream); the task count
+catches a third task per stream. docs/performance.md has the RSS numbers against the peers.
 """
 
 from __future__ import annotations
@@ -12,34 +12,23 @@ import gc
 import socket
 import time
 import tracemalloc
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack, contextmanager
-from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-import ssegate._response
-from ssegate._response import (
-    CloseReason,
-    EventSourceResponse,
-    EventStreamOptions,
-    ShutdownSignal,
-    StreamItem,
-    _ReceiveWatcher,
-    _Stream,
-)
+from ssegate import CloseReason, EventSourceResponse, ShutdownSignal
 from ssegate.gateway._limits import BodyLimitMiddleware
 from ssegate.testing import RunningServer, run_server
 
 STREAMS = 200
-RESPONSE_FILE = str(Path(ssegate._response.__file__).resolve())
 
 
 def _idle_app(
@@ -132,11 +121,11 @@ def _tasks_kept_per_idle_stream(app: ASGIApp, **config: Any) -> float:
 
 
 @pytest.mark.parametrize("http", ["httptools", "h11"])
-def test_an_idle_stream_on_uvicorn_keeps_no_task_besides_the_servers(http: str) -> None:
-    """On uvicorn the server's request task drives the content and uvicorn's receive() is
-    watched from loop callbacks: no child task, writer, watchdog or listener waits beside the
-    request task while nothing happens. Closing the sockets ends every stream."""
-    assert _tasks_kept_per_idle_stream(_idle_app(ShutdownSignal()), http=http) == 1
+def test_an_idle_stream_keeps_the_request_task_and_one_monitor(http: str) -> None:
+    """The request task waits on the content; one child task (the monitor) waits on
+    ``receive()`` with the heartbeat's deadline; nothing else. Closing the sockets ends every
+    stream and leaves no task behind."""
+    assert _tasks_kept_per_idle_stream(_idle_app(ShutdownSignal()), http=http) == 2
 
 
 def _wrapping_receive(app: ASGIApp) -> ASGIApp:
@@ -151,22 +140,15 @@ def _wrapping_receive(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
-def test_a_wrapped_receive_is_listened_for_by_the_request_task() -> None:
-    """A ``receive()`` the response does not know (middleware's) may need a task of its own:
-    the request task listens on it and one child drives the content; a disconnect still ends
-    the stream and leaves nothing behind."""
+@pytest.mark.parametrize("wrap", ["middleware", "body_limit"])
+def test_a_wrapped_receive_is_listened_for_the_same_way(wrap: str) -> None:
+    """Whatever ``receive()`` the response is given (middleware's, the gateway's body-size
+    limit), it is awaited by the monitor the same way: two tasks, and a disconnect ends the
+    stream."""
     closed: list[CloseReason | None] = []
-    app = _wrapping_receive(_idle_app(ShutdownSignal(), closed))
+    inner = _idle_app(ShutdownSignal(), closed)
+    app = _wrapping_receive(inner) if wrap == "middleware" else BodyLimitMiddleware(inner, 1024)
     assert _tasks_kept_per_idle_stream(app) == 2
-    assert closed == [CloseReason.DISCONNECTED] * 20
-
-
-def test_the_gateways_body_limit_keeps_the_stream_taskless() -> None:
-    """The gateway's body-size limit wraps receive() and says so: a stream behind it is still
-    watched without a task (and a disconnect still ends it)."""
-    closed: list[CloseReason | None] = []
-    app = BodyLimitMiddleware(_idle_app(ShutdownSignal(), closed), max_bytes=1024)
-    assert _tasks_kept_per_idle_stream(app) == 1
     assert closed == [CloseReason.DISCONNECTED] * 20
 
 
@@ -201,15 +183,28 @@ def test_a_request_body_sent_while_streaming_is_read_through_not_taken_for_a_lea
         assert closed == [CloseReason.DISCONNECTED]
 
 
-def test_memory_kept_per_idle_stream_is_bounded() -> None:
-    """Python memory allocated by the response that stays allocated while the stream is
-    idle (the heartbeat on, the server's shutdown signal watched)."""
-    with run_server(_idle_app(ShutdownSignal())) as srv:
+def _streaming_app() -> Starlette:
+    """The peer: a bare ``StreamingResponse`` of an idle generator."""
+
+    async def body() -> AsyncIterator[bytes]:
+        await anyio.sleep_forever()
+        yield b"never"
+
+    async def endpoint(request: Request) -> Response:
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+    return Starlette(routes=[Route("/", endpoint)])
+
+
+def _memory_per_idle_stream(app: ASGIApp) -> float:
+    """Python memory that stays allocated per idle stream of ``app`` on uvicorn (everything
+    the server, Starlette and the response keep, measured with tracemalloc)."""
+    with run_server(app) as srv:
         with _idle_streams(srv, 20):  # warm up: lazily built state, grown containers
             pass
         _settle(srv)
         gc.collect()
-        tracemalloc.start(64)
+        tracemalloc.start(1)
         try:
             before = tracemalloc.take_snapshot()
             with _idle_streams(srv, STREAMS):
@@ -217,107 +212,13 @@ def test_memory_kept_per_idle_stream_is_bounded() -> None:
                 after = tracemalloc.take_snapshot()
         finally:
             tracemalloc.stop()
-    ours = [tracemalloc.Filter(True, RESPONSE_FILE, all_frames=True)]
-    grown = after.filter_traces(ours).compare_to(before.filter_traces(ours), "filename")
-    per_stream = sum(stat.size_diff for stat in grown) / STREAMS
-    # Everything allocated with the response's code on the stack: its frames and state, the
-    # task group, the content it drives (here ~600 bytes), the server's pending receive().
-    # Measured 4,960 bytes (CPython 3.11, anyio 4.16), of which ~1,100 are the task group.
-    # An anyio child task driving the content instead (the previous design) kept 7,600; a
-    # writer parked in a cancel scope of its own before that, 9,700.
-    assert per_stream < 5_800, f"{per_stream:.0f} bytes per idle stream"
+    grown = after.compare_to(before, "filename")
+    return sum(stat.size_diff for stat in grown) / STREAMS
 
 
-async def _never() -> AsyncIterator[StreamItem]:
-    await anyio.sleep_forever()
-    yield "never"
-
-
-async def _no_send(message: Message) -> None:
-    pass
-
-
-@pytest.mark.anyio
-@pytest.mark.parametrize(
-    ("steps", "reason"),
-    [
-        # A bare yield (asyncio.sleep(0)) takes another loop turn, as a task would.
-        (["yield", "disconnect"], CloseReason.DISCONNECTED),
-        # Request body parts are read through.
-        (["body", "wait", "body", "disconnect"], CloseReason.DISCONNECTED),
-        # A receive() that fails: the client is gone.
-        (["wait", "fail"], CloseReason.DISCONNECTED),
-    ],
-)
-async def test_the_watcher_drives_receive_as_a_task_would(
-    steps: list[str], reason: CloseReason
-) -> None:
-    """The watcher drives any asyncio receive() coroutine: futures, bare yields, messages
-    that are not a disconnect, failures."""
-    steps = list(steps)
-    loop = asyncio.get_running_loop()
-    gates: list[asyncio.Future[None]] = []
-    calls = 0
-
-    async def receive() -> Message:
-        nonlocal calls
-        calls += 1
-        while steps:
-            step = steps.pop(0)
-            if step == "yield":
-                await asyncio.sleep(0)
-            elif step == "wait":
-                gate = loop.create_future()
-                gates.append(gate)
-                await gate
-            elif step == "body":
-                return {"type": "http.request", "body": b"x", "more_body": True}
-            elif step == "fail":
-                raise RuntimeError("receive() after the connection was lost")
-            else:
-                return {"type": "http.disconnect"}
-        await asyncio.Event().wait()
-        raise AssertionError("unreachable")
-
-    stream = _Stream(EventStreamOptions(), _never(), b"", _no_send)
-    watcher = _ReceiveWatcher(receive, stream)
-    watcher._step()
-    with anyio.fail_after(5):
-        while stream.reason is None:
-            for gate in gates:
-                if not gate.done():
-                    gate.set_result(None)
-            await asyncio.sleep(0)
-    assert stream.reason is reason
-    assert not steps, "the watcher stopped before receive() said the client was gone"
-    assert calls >= 1
-
-
-@pytest.mark.anyio
-async def test_closing_the_watcher_closes_the_pending_receive() -> None:
-    """close() ends the pending receive() (its finally runs) and starts no other. The test
-    keeps the receive() coroutine itself, so only an explicit close ends it (not the
-    coroutine being dropped)."""
-    finished: list[str] = []
-    pending: list[Coroutine[Any, Any, Message]] = []
-
-    async def waiting() -> Message:
-        try:
-            await asyncio.Event().wait()
-        finally:
-            finished.append("closed")
-        raise AssertionError("unreachable")
-
-    def receive() -> Coroutine[Any, Any, Message]:
-        coro = waiting()
-        pending.append(coro)
-        return coro
-
-    stream = _Stream(EventStreamOptions(), _never(), b"", _no_send)
-    watcher = _ReceiveWatcher(receive, stream)
-    watcher._step()
-    watcher.close()
-    watcher._step()  # a late wake-up does nothing
-    assert finished == ["closed"]
-    assert len(pending) == 1
-    assert stream.reason is None
+def test_an_idle_stream_keeps_no_more_memory_than_a_bare_streaming_response() -> None:
+    """With the heartbeat on and the server's shutdown signal watched, as in production."""
+    ours = _memory_per_idle_stream(_idle_app(ShutdownSignal()))
+    peer = _memory_per_idle_stream(_streaming_app())
+    # A few percent of slack for tracemalloc's own noise, not for a task or a buffer.
+    assert ours <= peer * 1.05, f"{ours:.0f} vs {peer:.0f} bytes per idle stream"

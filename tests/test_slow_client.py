@@ -1,5 +1,6 @@
-"""A client that stops reading holds a bounded amount of the gateway's memory, is dropped after
-``send_timeout``, and resumes from its last id with nothing lost (real sockets)."""
+"""A client that stops reading holds no more of the gateway's memory than the server's write
+buffer, is dropped after ``send_timeout``, and resumes from its last id with nothing lost
+(real sockets)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ from collections.abc import AsyncGenerator
 import httpx
 
 from gateway_helpers import answer_text, ask, payloads
-from ssegate import Decoder
-from ssegate._response import CloseReason, EventSourceResponse, EventStreamStatistics
+from ssegate import CloseReason, Decoder, EventSourceResponse, EventStreamStatistics
 from ssegate.gateway import Settings, create_app
 from ssegate.gateway._models import ModelRoute
 from ssegate.providers import ChatRequest, Delta, Finish, TextDelta
@@ -20,7 +20,6 @@ from ssegate.testing import run_server
 
 CHUNKS = 1000
 CHUNK_CHARS = 10_000  # 1,000 events of 10 kB: 10 MB of events
-BUFFER = 64 * 1024
 
 
 class BulkProvider:
@@ -65,7 +64,6 @@ def _dechunk(raw: bytes) -> bytes:
 
 def test_a_client_that_reads_nothing_is_bounded_then_dropped_then_resumes() -> None:
     settings = Settings(
-        client_buffer_bytes=BUFFER,
         send_timeout=1.0,
         on_disconnect="continue",
         max_events_per_stream=10_000,
@@ -119,11 +117,9 @@ def test_a_client_that_reads_nothing_is_bounded_then_dropped_then_resumes() -> N
             statistics = final["statistics"]
             assert isinstance(statistics, EventStreamStatistics)
             assert final["reason"] is CloseReason.SEND_TIMEOUT
-            # Read ahead for the slow client: the configured buffer and one event at most.
-            assert statistics.buffered_bytes <= BUFFER + CHUNK_CHARS + 100
-            # Everything else stayed in the store: what left the response (into the kernel's
-            # socket buffers) and what it holds are a fraction of the stream.
-            assert statistics.bytes_sent + statistics.buffered_bytes < total // 2
+            # Everything else stayed in the store: what left the response (into the server's
+            # write buffer and the kernel's socket buffers) is a fraction of the stream.
+            assert statistics.bytes_sent < total // 2
             assert tracker.closed[CloseReason.SEND_TIMEOUT] == 1
             assert tracker.closed[CloseReason.COMPLETED] == 1  # the fast reader's
 

@@ -26,14 +26,13 @@ from ._errors import (
     UpstreamTimeoutError,
 )
 from ._response import (
-    SHUTDOWN_STATE_KEY,
     CloseReason,
     EventSourceResponse,
     EventStreamOptions,
     EventStreamStatistics,
-    ShutdownSignal,
     StreamItem,
 )
+from ._shutdown import SHUTDOWN_STATE_KEY, ShutdownSignal
 from .codec import Decoder, ServerSentEvent, encode, encode_comment
 
 __version__ = "0.1.0"

@@ -42,20 +42,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 import anyio
+import anyio.from_thread
 import anyio.lowlevel
 import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from ._errors import EmitterClosedError, SsegateError
-from ._response import (
-    CloseReason,
-    EventSourceResponse,
-    EventStreamOptions,
-    EventStreamStatistics,
-    ShutdownSignal,
-    _loop_caller,
-)
+from ._response import CloseReason, EventSourceResponse, EventStreamOptions
+from ._shutdown import ShutdownSignal
 from .codec import ServerSentEvent, encode
 
 __all__ = ["EmitterState", "EmitterStatistics", "SseEmitter"]
@@ -102,27 +97,29 @@ class EmitterStatistics:
     waiting_senders: int
 
 
-class _Waiter:
-    """A coroutine waiting for room, woken from whichever thread frees it."""
+class _LoopWaker:
+    """Sets an :class:`anyio.Event` of the event loop that made it, from any thread.
 
-    __slots__ = ("event", "thread", "wake")
+    On that loop's thread it sets the event at once; from another thread it asks the loop to
+    (``anyio.from_thread.run_sync``, which returns once it has). Never call it while holding
+    the emitter's lock: the loop may be waiting for that lock.
+    """
+
+    __slots__ = ("event", "thread", "token")
 
     def __init__(self) -> None:
         self.event = anyio.Event()
         self.thread = threading.get_ident()
-        call_soon = _loop_caller()
-        event = self.event
+        self.token = anyio.lowlevel.current_token()
 
-        def wake() -> None:
-            if threading.get_ident() == self.thread:
-                event.set()
-            else:
-                try:
-                    call_soon(event.set)
-                except RuntimeError:  # that loop is closed
-                    pass
-
-        self.wake = wake
+    def wake(self) -> None:
+        if threading.get_ident() == self.thread:
+            self.event.set()
+            return
+        try:
+            anyio.from_thread.run_sync(self.event.set, token=self.token)
+        except anyio.RunFinishedError:  # that loop has stopped: nobody is left to wake
+            pass
 
 
 def _on_event_loop() -> bool:
@@ -201,9 +198,11 @@ class SseEmitter(Response):
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._max_queued = max_queued
         self._max_queued_bytes = max_queued_bytes
+        # One lock guards everything below. Wake-ups that may cross threads (_LoopWaker) are
+        # collected under it and fired after it is released.
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)  # threads waiting for room
-        self._waiters: list[_Waiter] = []  # coroutines waiting for room
+        self._waiters: list[_LoopWaker] = []  # coroutines waiting for room
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
         self._sent = 0
@@ -213,9 +212,8 @@ class SseEmitter(Response):
         self._reason: CloseReason | None = None  # the reason decided by the emitter itself
         self._error: BaseException | None = None
         self._error_written = False
-        self._consumer: anyio.Event | None = None  # set while the stream waits for events
+        self._consumer: _LoopWaker | None = None  # set while the stream waits for events
         self._loop_thread: int | None = None
-        self._loop_call: Callable[[Callable[[], object]], object] | None = None
         self._finished = False
         self._on_completion: list[Callable[[], object]] = []
         self._on_timeout: list[Callable[[], object]] = []
@@ -239,11 +237,13 @@ class SseEmitter(Response):
         emitter is complete, timed out or its client has gone — also to a sender blocked here.
         """
         chunk = _encode(data, event, id, retry, comment)
+        error: EmitterClosedError | None = None
         with self._lock:
             while True:
                 if self._state is not EmitterState.OPEN:
                     raise self._closed_error()
                 if self._has_room(len(chunk)):
+                    to_wake = self._enqueue_locked(chunk)
                     break
                 if threading.get_ident() == self._loop_thread or _on_event_loop():
                     raise RuntimeError(
@@ -253,18 +253,17 @@ class SseEmitter(Response):
                 if self._deadline is not None:
                     remaining = self._deadline - time.monotonic()
                     if remaining <= 0:
-                        consumer = self._close_locked(CloseReason.TIMEOUT)
-                        if consumer is not None:
-                            self._wake_consumer(consumer)
-                        raise self._closed_error()
+                        to_wake = self._close_locked(CloseReason.TIMEOUT)
+                        error = self._closed_error()
+                        break
                 self._waiting_threads += 1
                 try:
                     self._room.wait(remaining)
                 finally:
                     self._waiting_threads -= 1
-            consumer = self._enqueue_locked(chunk)
-        if consumer is not None:
-            self._wake_consumer(consumer)
+        _wake(to_wake)
+        if error is not None:
+            raise error
 
     async def asend(
         self,
@@ -283,9 +282,9 @@ class SseEmitter(Response):
                 if self._state is not EmitterState.OPEN:
                     raise self._closed_error()
                 if self._has_room(len(chunk)):
-                    consumer = self._enqueue_locked(chunk)
+                    to_wake = self._enqueue_locked(chunk)
                     break
-                waiter = _Waiter()
+                waiter = _LoopWaker()
                 self._waiters.append(waiter)
                 deadline = self._deadline
             try:
@@ -300,8 +299,7 @@ class SseEmitter(Response):
                 with self._lock:
                     if waiter in self._waiters:
                         self._waiters.remove(waiter)
-        if consumer is not None:
-            self._wake_consumer(consumer)
+        _wake(to_wake)
 
     def complete(self) -> None:
         """Finish: queued events still go out, then the stream ends. Later sends raise."""
@@ -374,10 +372,6 @@ class SseEmitter(Response):
                 waiting_senders=self._waiting_threads + len(self._waiters),
             )
 
-    def stream_statistics(self) -> EventStreamStatistics:
-        """The underlying event stream's counters (writes, bytes sent, heartbeats)."""
-        return self._response.statistics()
-
     # -- the ASGI side --------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -386,7 +380,6 @@ class SseEmitter(Response):
             if self._loop_thread is not None:
                 raise RuntimeError("an SseEmitter can be returned only once")
             self._loop_thread = threading.get_ident()
-            self._loop_call = _loop_caller()
         response.status_code = self.status_code
         response.background = self.background
         if self._deadline is not None:
@@ -415,9 +408,8 @@ class SseEmitter(Response):
             else:
                 reason = stream_reason
             self._reason = reason
-            consumer = self._close_locked(reason)
-        if consumer is not None:
-            self._wake_consumer(consumer)
+            to_wake = self._close_locked(reason)
+        _wake(to_wake)
 
     def _run_callbacks(self) -> None:
         with self._lock:
@@ -448,21 +440,20 @@ class SseEmitter(Response):
                 queue = self._queue
                 if queue:
                     batch = queue.popleft() if len(queue) == 1 else b"".join(queue)
-                    self._delivered += len(queue)
+                    self._delivered += len(queue) or 1
                     queue.clear()
                     self._queued_bytes = 0
-                    self._room.notify_all()
-                    waiters, self._waiters = self._waiters, []
-                    for waiter in waiters:
-                        waiter.wake()
-                    return batch
+                    to_wake = self._wake_senders_locked()
+                    break
                 if state is EmitterState.COMPLETING:
                     if self._error is not None and not self._error_written:
                         self._error_written = True
                         return _error_event(self._error)
                     raise StopAsyncIteration
-                consumer = self._consumer = anyio.Event()
-            await consumer.wait()
+                consumer = self._consumer = _LoopWaker()
+            await consumer.event.wait()
+        _wake(to_wake)
+        return batch
 
     def _detach(self) -> None:
         """The response closes the stream (it ended, or was cut short): settle at once, so a
@@ -477,22 +468,15 @@ class SseEmitter(Response):
             return True
         return len(queue) < self._max_queued and self._queued_bytes + size <= self._max_queued_bytes
 
-    def _enqueue_locked(self, chunk: bytes) -> anyio.Event | None:
+    def _enqueue_locked(self, chunk: bytes) -> list[_LoopWaker]:
         self._queue.append(chunk)
         self._queued_bytes += len(chunk)
         self._sent += 1
-        consumer = self._consumer
-        self._consumer = None
-        return consumer
+        return self._take_consumer_locked()
 
-    def _wake_consumer(self, consumer: anyio.Event) -> None:
-        if threading.get_ident() == self._loop_thread or self._loop_call is None:
-            consumer.set()
-            return
-        try:
-            self._loop_call(consumer.set)
-        except RuntimeError:  # the loop is closed
-            pass
+    def _take_consumer_locked(self) -> list[_LoopWaker]:
+        consumer, self._consumer = self._consumer, None
+        return [] if consumer is None else [consumer]
 
     def _finish_sending(self, error: BaseException | None) -> None:
         with self._lock:
@@ -504,34 +488,29 @@ class SseEmitter(Response):
                 self._reason = CloseReason.ERROR
             else:
                 self._reason = CloseReason.COMPLETED
-            consumer, self._consumer = self._consumer, None
-            self._wake_senders_locked()
-        if consumer is not None:
-            self._wake_consumer(consumer)
+            to_wake = self._wake_senders_locked() + self._take_consumer_locked()
+        _wake(to_wake)
 
     def _close(self, reason: CloseReason) -> None:
         with self._lock:
-            consumer = self._close_locked(reason)
-        if consumer is not None:
-            self._wake_consumer(consumer)
+            to_wake = self._close_locked(reason)
+        _wake(to_wake)
 
-    def _close_locked(self, reason: CloseReason) -> anyio.Event | None:
-        """Move to CLOSED and wake everyone; returns the consumer to wake. The first reason
-        stands (see :meth:`_settle` for the stream's say)."""
+    def _close_locked(self, reason: CloseReason) -> list[_LoopWaker]:
+        """Move to CLOSED; return whom to wake. The first reason stands (see :meth:`_settle`
+        for the stream's say)."""
         if self._state is EmitterState.CLOSED:
-            return None
+            return []
         if self._reason is None:
             self._reason = reason
         self._state = EmitterState.CLOSED
-        self._wake_senders_locked()
-        consumer, self._consumer = self._consumer, None
-        return consumer
+        return self._wake_senders_locked() + self._take_consumer_locked()
 
-    def _wake_senders_locked(self) -> None:
+    def _wake_senders_locked(self) -> list[_LoopWaker]:
+        """Wake the blocked threads now; return the coroutines to wake."""
         self._room.notify_all()
         waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.wake()
+        return waiters
 
     def _drop_queue_locked(self) -> None:
         self._queue.clear()
@@ -568,3 +547,8 @@ def _call(callback: Callable[..., object], *args: object) -> None:
         callback(*args)
     except Exception:
         log.exception("SseEmitter callback %r failed", callback)
+
+
+def _wake(wakers: list[_LoopWaker]) -> None:
+    for waker in wakers:
+        waker.wake()

@@ -249,13 +249,6 @@ def main() -> None:
     type=click.FloatRange(min=0),
     help="Seconds one write to a client may block before it is dropped (it resumes from its last id; 0 = never).",
 )
-@_option(
-    "--client-buffer-bytes",
-    env="client_buffer_bytes",
-    default=64 * 1024,
-    type=click.IntRange(min=1),
-    help="Bytes of events held for one slow client before the gateway waits for it.",
-)
 @_option("--log-json", env="log_json", is_flag=True, default=False, help="Log JSON lines.")
 @_option(
     "--log-content",
@@ -310,7 +303,6 @@ def serve(**opts: Any) -> None:
         rate_burst=opts["rate_burst"],
         max_subscribers_per_stream=opts["max_subscribers"],
         send_timeout=opts["send_timeout"] or None,
-        client_buffer_bytes=opts["client_buffer_bytes"],
         log_json=opts["log_json"],
         log_content=opts["log_content"],
     )

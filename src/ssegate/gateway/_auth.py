@@ -454,9 +454,8 @@ class GatewaySecurity:
         self.event_streams = EventStreamTracker()
         self.stream_log = StreamLog()
         self.content_log = ContentLog() if settings.log_content else None
-        for name in ("max_body_bytes", "client_buffer_bytes"):
-            if getattr(settings, name) < 1:
-                raise ValueError(f"{name} must be positive")
+        if settings.max_body_bytes < 1:
+            raise ValueError("max_body_bytes must be positive")
 
     @property
     def enabled(self) -> bool:

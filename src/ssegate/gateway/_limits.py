@@ -35,7 +35,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._jobs import JobObserver
-from .._response import CloseReason, EventSourceResponse, _mark_receive_wrapper
+from .._response import CloseReason, EventSourceResponse
 from ..store import StreamInfo, StreamStatus
 from ._errors import ApiError
 
@@ -112,10 +112,6 @@ class BodyLimitMiddleware:
                     exceeded = True
                     raise _BodyTooLarge
             return message
-
-        # It only awaits the server's receive(): an event stream may watch it from loop
-        # callbacks instead of a task (ssegate._response._ReceiveWatcher).
-        _mark_receive_wrapper(limited_receive, receive)
 
         async def guarded_send(message: Message) -> None:
             nonlocal started
@@ -327,10 +323,6 @@ class EventStreamTracker:
     def live(self) -> list[EventSourceResponse]:
         """The responses streaming now."""
         return list(self._live)
-
-    def buffered_bytes(self) -> int:
-        """Bytes read ahead of their clients, over every open stream."""
-        return sum(r.statistics().buffered_bytes for r in self._live)
 
     def _opened(self, response: EventSourceResponse) -> None:
         self._live.add(response)

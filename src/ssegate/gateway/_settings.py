@@ -64,7 +64,6 @@ class Settings:
     rate_burst: int = 100
     max_subscribers_per_stream: int = 64
     send_timeout: float | None = 30.0
-    client_buffer_bytes: int = 64 * 1024
 
     # Logs.
     log_json: bool = False

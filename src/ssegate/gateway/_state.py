@@ -9,7 +9,7 @@ from starlette.requests import HTTPConnection
 
 from .._errors import SsegateError, StreamNotFoundError
 from .._jobs import JobManager
-from .._response import ShutdownSignal
+from .._shutdown import ShutdownSignal
 from ..store import Store
 from ._metrics import GatewayMetrics
 from ._models import ModelRegistry

@@ -42,7 +42,6 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from ..._errors import StoreError
-from ..._response import EventStreamOptions
 from ...providers import ChatRequest, Provider
 from ...store import StoredEvent, StreamInfo
 from .._auth import GatewaySecurity, caller_of, security_of
@@ -205,7 +204,6 @@ class _CompletionStream(Response):
                     response = TrackedEventSourceResponse(
                         _chunk_stream(state, stream_id, head, self._chunks),
                         headers=stream_headers(stream_id),
-                        options=EventStreamOptions(max_buffer_bytes=settings.client_buffer_bytes),
                         ping_interval=interval,
                         retry=None,
                         send_timeout=settings.send_timeout or None,

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 
 from ..._errors import StoreError, StoreFullError, StreamNotFoundError
 from ..._jobs import ShuttingDownError
-from ..._response import EventSourceResponse, EventStreamOptions
+from ..._response import EventSourceResponse
 from ...codec import ServerSentEvent, encode
 from ...providers import ChatRequest, Provider
 from ...store import ProducerLostError, StreamGapError, StreamInfo, StreamStatus
@@ -130,7 +130,7 @@ def event_stream_response(
 ) -> EventSourceResponse:
     """The SSE response that follows ``stream_id`` after event ``after``.
 
-    A client that stops reading holds at most ``client_buffer_bytes`` here (the store keeps
+    A client that stops reading costs what the server's write buffer holds (the store keeps
     the events); one write blocked for ``send_timeout`` drops it, and it resumes from its last
     id when it comes back.
     """
@@ -139,7 +139,6 @@ def event_stream_response(
         _events(state, stream_id, after),
         status_code=status_code,
         headers={_STREAM_ID_HEADER: stream_id, **(headers or {})},
-        options=EventStreamOptions(max_buffer_bytes=settings.client_buffer_bytes),
         ping_interval=settings.heartbeat_interval or None,
         retry=settings.retry_ms,
         send_timeout=settings.send_timeout or None,
