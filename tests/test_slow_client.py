@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from collections.abc import AsyncGenerator
 
 import httpx
@@ -149,3 +150,75 @@ def test_a_client_that_reads_nothing_is_bounded_then_dropped_then_resumes() -> N
         combined = payloads(got) + payloads(rest_events)
         assert combined == events
         assert len(answer_text(got + rest_events)) == CHUNKS * CHUNK_CHARS
+
+
+class ManyTokensProvider:
+    """60,000 small deltas as fast as the store takes them."""
+
+    name = "many"
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[Delta, None]:
+        for i in range(TOKENS):
+            yield TextDelta(f"t{i} ")
+        yield Finish("stop")
+
+    async def aclose(self) -> None:
+        pass
+
+
+TOKENS = 60_000
+READERS = 64
+
+
+def test_readers_that_never_read_a_long_stream_cost_a_write_per_batch_not_per_event() -> None:
+    """64 readers that read nothing of a finished 60,000-event stream: the kept events go out
+    in batches (a few hundred items per reader, not 60,000), so they cost little CPU and the
+    gateway keeps answering."""
+    settings = Settings(send_timeout=2.0, max_events_per_stream=100_000, heartbeat_interval=60)
+    app = create_app(settings)
+    with run_server(app) as server:
+        app.state.gateway.models.add(ModelRoute("many", ManyTokensProvider(), "many", "demo", "t"))
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            created = client.post("/v1/streams", json=ask("go", model="many")).json()
+            stream_id = created["id"]
+            # Read it once to its end: the stream is finished and every event is kept.
+            full = client.get(f"/v1/streams/{stream_id}/events")
+            assert Decoder().feed(full.content)[-1].event == "done"
+
+            ended: list[EventStreamStatistics] = []
+            all_ended = threading.Event()
+
+            def on_close(response: EventSourceResponse) -> None:
+                ended.append(response.statistics())
+                if len(ended) == READERS:
+                    all_ended.set()
+
+            app.state.ssegate_security.event_streams.on_close.append(on_close)
+            cpu_before = time.process_time()
+            readers = []
+            try:
+                for _ in range(READERS):
+                    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                    sock.connect(("127.0.0.1", server.port))
+                    sock.sendall(
+                        f"GET /v1/streams/{stream_id}/events HTTP/1.1\r\nHost: gw\r\n\r\n".encode()
+                    )
+                    readers.append(sock)
+                for sock in readers:
+                    head, _ = _read_head(sock)
+                    assert head.startswith(b"HTTP/1.1 200")
+                # The gateway keeps answering while 64 replays are stuck on their clients.
+                started = time.monotonic()
+                assert client.get("/healthz").status_code == 200
+                assert time.monotonic() - started < 1.0
+            finally:
+                for sock in readers:
+                    sock.close()
+            assert all_ended.wait(15), "not every reader's response ended"
+            cpu = time.process_time() - cpu_before
+    # Items the response pulled per reader: batches of kept events, not one per event.
+    assert max(s.events for s in ended) <= TOKENS // 256 + 10
+    # The whole test process (server and client threads) over the window, with 64 replays
+    # of 60,000 events: a per-event replay took over 10 s of CPU here.
+    assert cpu < 5.0, f"{cpu:.1f} s of CPU"

@@ -379,8 +379,21 @@ class _Stream:
                     continue
                 if self.retry is not None:
                     chunk, self.retry = self.retry + chunk, None
-                if not await self.write(chunk):
+                if self.pinging is not None:  # a heartbeat is being written: let it finish
+                    await self.pinging.wait()
+                # last_write is when the last write began: silence counts from there.
+                self.sending_since = self.last_write = time.monotonic()
+                try:
+                    await self.send(
+                        {"type": "http.response.body", "body": chunk, "more_body": True}
+                    )
+                except OSError:  # ASGI 2.4 servers raise it once the client is gone
+                    self.end(CloseReason.DISCONNECTED)
                     return
+                finally:
+                    self.sending_since = None
+                self.writes += 1
+                self.bytes_sent += len(chunk)
         except Exception as exc:
             self.error = exc
             self.end(CloseReason.ERROR)
@@ -395,27 +408,6 @@ class _Stream:
             await self.send(_FINAL)
         except OSError:
             self.reason = CloseReason.DISCONNECTED
-
-    async def write(self, chunk: bytes) -> bool:
-        """Send ``chunk`` (after a heartbeat being written); ``False`` if the client is gone
-        (the stream is then ending)."""
-        if self.pinging is not None:
-            await self.pinging.wait()
-        return await self.send_body(chunk)
-
-    async def send_body(self, chunk: bytes) -> bool:
-        self.sending_since = time.monotonic()
-        try:
-            await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except OSError:  # ASGI 2.4 servers raise it once the client is gone
-            self.end(CloseReason.DISCONNECTED)
-            return False
-        finally:
-            self.sending_since = None
-        self.last_write = time.monotonic()
-        self.writes += 1
-        self.bytes_sent += len(chunk)
-        return True
 
     async def monitor(self, receive: Receive) -> None:
         """Listen for the client leaving; keep the heartbeat and the time limits."""
@@ -470,23 +462,30 @@ class _Stream:
         return max(due - now, 0.0)
 
     async def ping(self) -> bool:
-        """Write a heartbeat (the producer waits for it before its next write); ``False`` if
-        the stream is ending."""
+        """Write a heartbeat, bounded by ``send_timeout`` (the producer waits for it before
+        its next write); ``False`` if the stream is ending."""
         pinging = self.pinging = anyio.Event()
         limit = self.options.send_timeout
+        ping = encode_comment(self.options.ping_comment)
+        message = {"type": "http.response.body", "body": ping, "more_body": True}
+        self.last_write = time.monotonic()
         try:
-            with nullcontext() if limit is None else anyio.move_on_after(limit) as scope:
-                written = await self.send_body(encode_comment(self.options.ping_comment))
-            if scope is not None and scope.cancelled_caught:
-                log.info("a heartbeat blocked for over %s s; dropping the client", limit)
-                self.end(CloseReason.SEND_TIMEOUT)
-                return False
-            if written:
-                self.pings += 1
-            return written
+            with anyio.move_on_after(math.inf if limit is None else limit) as scope:
+                await self.send(message)
+        except OSError:  # ASGI 2.4 servers raise it once the client is gone
+            self.end(CloseReason.DISCONNECTED)
+            return False
         finally:
             self.pinging = None
             pinging.set()
+        if scope.cancelled_caught:
+            log.info("a heartbeat blocked for over %s s; dropping the client", limit)
+            self.end(CloseReason.SEND_TIMEOUT)
+            return False
+        self.pings += 1
+        self.writes += 1
+        self.bytes_sent += len(ping)
+        return True
 
     async def finish(self) -> None:
         """After the task group: end the body cleanly if the stream was cut short while the

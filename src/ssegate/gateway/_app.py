@@ -17,8 +17,8 @@ from fastapi import FastAPI
 
 from .._errors import StoreUnavailableError
 from .._jobs import JobManager, ObserverChain
-from ..server import ShutdownAwareServer
 from .._shutdown import SHUTDOWN_STATE_KEY
+from ..server import ShutdownAwareServer
 from ..store import Store
 from ..store.memory import MemoryStore, MemoryStoreConfig
 from ._auth import GatewaySecurity

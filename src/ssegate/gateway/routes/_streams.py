@@ -25,7 +25,7 @@ from ..._jobs import ShuttingDownError
 from ..._response import EventSourceResponse
 from ...codec import ServerSentEvent, encode
 from ...providers import ChatRequest, Provider
-from ...store import ProducerLostError, StreamGapError, StreamInfo, StreamStatus
+from ...store import TERMINAL_EVENTS, ProducerLostError, StreamGapError, StreamInfo, StreamStatus
 from .._auth import Caller, GatewaySecurity, caller_of, security_of
 from .._errors import ApiError
 from .._limits import PromptLimitError, TrackedEventSourceResponse, check_prompt
@@ -95,15 +95,29 @@ def _parse_last_event_id(header: str | None, query: str | None) -> int:
     return int(raw)
 
 
+#: Events per write while a reader catches up on kept events (about 16 KiB of tokens).
+_REPLAY_BATCH = 256
+
+
 async def _events(state: GatewayState, stream_id: str, after: int) -> AsyncIterator[bytes]:
     """The stored events after ``after``, encoded once by the store; faults as ``error``.
 
+    What is kept already goes out in batches of whole events (a reader resuming a long
+    stream costs a write per batch, not per event), then live events one by one as they come.
     Any store fault, counting the subscriber in included (the headers are sent by then), ends
     the body with an ``error`` event rather than cutting it off.
     """
     store = state.store
     try:
         async with store.subscriber(stream_id):
+            while True:
+                kept = await store.read(stream_id, after, _REPLAY_BATCH)
+                if not kept:
+                    break
+                yield b"".join([event.encoded for event in kept])
+                after = kept[-1].id
+                if kept[-1].event in TERMINAL_EVENTS:
+                    return
             async with aclosing(store.follow(stream_id, after)) as events:
                 async for event in events:
                     yield event.encoded
