@@ -11,8 +11,7 @@ from collections.abc import AsyncGenerator
 import httpx
 
 from gateway_helpers import answer_text, ask, payloads
-from ssegate import Decoder
-from ssegate._response import CloseReason, EventSourceResponse, EventStreamStatistics
+from ssegate import CloseReason, Decoder, EventSourceResponse, EventStreamStatistics
 from ssegate.gateway import Settings, create_app
 from ssegate.gateway._models import ModelRoute
 from ssegate.providers import ChatRequest, Delta, Finish, TextDelta
