@@ -25,8 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ssegate import Decoder
-from ssegate._errors import SseProtocolError
+from ssegate import Decoder, SseProtocolError
 from ssegate.gateway import Settings, create_app
 from ssegate.testing import run_server
 

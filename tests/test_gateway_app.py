@@ -40,7 +40,7 @@ def test_the_served_loop_is_declared_asyncio_to_sniffio() -> None:
 _SERVE_PROBE = """
 import sniffio
 from ssegate.gateway import _app
-from ssegate.gateway._settings import Settings
+from ssegate.gateway import Settings
 
 def serve(self):  # the server's run, as uvicorn.Server.run is called by run()
     print("library:", sniffio.current_async_library_cvar.get())

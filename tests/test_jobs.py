@@ -16,9 +16,15 @@ import anyio
 import orjson
 import pytest
 
-from ssegate import StoreFullError, StoreUnavailableError, StreamNotFoundError, UpstreamHTTPError
-from ssegate._jobs import JobManager, JobObserver, ShuttingDownError, new_stream_id
-from ssegate.providers._base import (
+from ssegate import (
+    ShuttingDownError,
+    StoreFullError,
+    StoreUnavailableError,
+    StreamNotFoundError,
+    UpstreamHTTPError,
+)
+from ssegate._jobs import JobManager, JobObserver, new_stream_id
+from ssegate.providers import (
     ChatRequest,
     Delta,
     Finish,

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import anthropic
 import anyio
@@ -26,11 +25,7 @@ from ssegate.testing import (
     closed_port_url,
 )
 
-
-@pytest.fixture(scope="module")
-def mock() -> Iterator[MockUpstream]:
-    with MockUpstream(tokens=4) as upstream:
-        yield upstream
+pytestmark = pytest.mark.mock_defaults(tokens=4)
 
 
 def _chat(content: str, model: str = "mock-model", **extra: object) -> dict[str, object]:

@@ -20,7 +20,7 @@ import anyio.to_thread
 import httpx
 import pytest
 
-from instance_helpers import GatewayProcess, RedisServer, running_gateways, running_redis
+from instance_helpers import GatewayProcess, RedisServer, running_gateways
 from ssegate import Decoder
 from ssegate.testing import MockRequest, MockUpstream
 
@@ -28,18 +28,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
 LEASE = 1.5  # --lease-ttl of these gateways: short, so a dead producer is noticed quickly
 GRACE = 0.5  # --disconnect-grace
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    with running_redis() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def mock() -> Iterator[MockUpstream]:
-    with MockUpstream() as upstream:
-        yield upstream
 
 
 def gateway(mock: MockUpstream, redis_url: str, *extra: str) -> GatewayProcess:
@@ -64,9 +52,10 @@ def gateway(mock: MockUpstream, redis_url: str, *extra: str) -> GatewayProcess:
 
 @pytest.fixture(scope="module")
 def pair(
-    redis_server: RedisServer, mock: MockUpstream
+    redis_server: RedisServer, mock_upstream: MockUpstream
 ) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
     """Two instances, A and B, that live for the whole module."""
+    mock = mock_upstream
     with running_gateways(gateway(mock, redis_server.url), gateway(mock, redis_server.url)) as (
         a,
         b,

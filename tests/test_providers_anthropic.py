@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from contextlib import aclosing
 from typing import Any
 
@@ -25,10 +24,7 @@ from ssegate.testing import MockUpstream
 KEY = "sk-ant-test-0123456789"
 
 
-@pytest.fixture(scope="module")
-def mock() -> Iterator[MockUpstream]:
-    with MockUpstream(tokens=4) as upstream:
-        yield upstream
+pytestmark = pytest.mark.mock_defaults(tokens=4)
 
 
 async def _collect(mock: MockUpstream, messages: list[dict[str, Any]], **kw: Any) -> list[Delta]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from contextlib import aclosing
 from typing import Any
 
@@ -31,10 +30,7 @@ KEY = "sk-secret-key-0123456789abcdef"
 KINDS = ["openai", "anthropic", "ollama"]
 
 
-@pytest.fixture(scope="module")
-def mock() -> Iterator[MockUpstream]:
-    with MockUpstream(tokens=6) as upstream:
-        yield upstream
+pytestmark = pytest.mark.mock_defaults(tokens=6)
 
 
 def _provider(kind: str, base: str, **options: Any) -> Provider:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from contextlib import aclosing
 from typing import Any
 
@@ -24,11 +23,7 @@ from ssegate.providers._http import LineSplitter
 from ssegate.providers.ollama import build_body
 from ssegate.testing import MockUpstream
 
-
-@pytest.fixture(scope="module")
-def mock() -> Iterator[MockUpstream]:
-    with MockUpstream(tokens=3) as upstream:
-        yield upstream
+pytestmark = pytest.mark.mock_defaults(tokens=3)
 
 
 async def _collect(mock: MockUpstream, text: str, **kw: Any) -> list[Delta]:

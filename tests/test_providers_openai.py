@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from contextlib import aclosing
 from typing import Any
 
@@ -26,10 +25,7 @@ from ssegate.testing import MockUpstream
 KEY = "sk-test-0123456789abcdef"
 
 
-@pytest.fixture(scope="module")
-def mock() -> Iterator[MockUpstream]:
-    with MockUpstream(tokens=5) as upstream:
-        yield upstream
+pytestmark = pytest.mark.mock_defaults(tokens=5)
 
 
 def _provider(mock: MockUpstream, **options: Any) -> OpenAIProvider:

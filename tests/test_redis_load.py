@@ -9,14 +9,13 @@ order, ids ``1, 2, 3, …``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
 import httpx
 import pytest
 
-from instance_helpers import GatewayProcess, RedisServer, running_gateways, running_redis
+from instance_helpers import GatewayProcess, RedisServer, running_gateways
 from ssegate import Decoder
 from ssegate.testing import MockUpstream
 
@@ -24,18 +23,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
 STREAMS = 100
 TOKENS = 200
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    with running_redis() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def mock() -> Iterator[MockUpstream]:
-    with MockUpstream() as upstream:
-        yield upstream
 
 
 @pytest.mark.timeout(120)

@@ -10,22 +10,15 @@ refused by a real ``redis-server`` while everything before it works.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import httpx
 import pytest
 import redis
 
 from gateway_helpers import ask, collect, running_gateway
-from instance_helpers import RedisServer, running_redis
+from instance_helpers import RedisServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    with running_redis() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -4,24 +4,18 @@ stand for two gateway processes. (The shared contract suite runs in ``test_store
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, aclosing
 
 import anyio
 import pytest
 
-from instance_helpers import RedisServer, running_redis
+from instance_helpers import RedisServer
 from ssegate import StoreUnavailableError, StreamNotFoundError
 from ssegate.store import ProducerLostError, StoredEvent, StreamStatus
 from ssegate.store.redis import RedisStore, RedisStoreConfig
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    with running_redis() as server:
-        yield server
 
 
 @pytest.fixture
@@ -257,8 +251,10 @@ async def test_memory_per_stream(redis_server: RedisServer) -> None:
     assert 5_000 < total < 100_000
 
 
-async def test_a_live_instance_keeps_renewing_its_subscribers(redis_server: RedisServer) -> None:
-    config = RedisStoreConfig(url=redis_server.url, key_prefix="r:", lease_ttl=0.3)
+async def test_a_live_instance_keeps_renewing_its_subscribers(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    config = RedisStoreConfig(url=redis_server.url, key_prefix=redis_prefix, lease_ttl=0.3)
     async with RedisStore(config) as store:
         stream = sid()
         await store.create(stream, model="m", provider="p")

@@ -12,7 +12,7 @@ keys expire on the server's clock. Tests of memory-only bounds come last.
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +21,6 @@ import anyio
 import orjson
 import pytest
 
-from instance_helpers import running_redis
 from ssegate import StoreFullError, StoreUnavailableError, StreamNotFoundError
 from ssegate.codec import Decoder
 from ssegate.store import (
@@ -58,17 +57,10 @@ class Harness:
     advance: Callable[[float], Awaitable[None]]  # let this much store time pass
 
 
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    """A real, throw-away redis-server on a free loopback port (missing binary: fail)."""
-    with running_redis() as server:
-        yield server.url
-
-
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 def store_kind(request: pytest.FixtureRequest) -> tuple[str, str | None]:
     if request.param == "redis":
-        return "redis", request.getfixturevalue("redis_url")
+        return "redis", request.getfixturevalue("redis_server").url
     return request.param, None
 
 

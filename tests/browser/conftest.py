@@ -53,26 +53,20 @@ def browser(playwright_: Playwright) -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="package")
-def mock() -> Iterator[MockUpstream]:
-    with MockUpstream() as upstream:
-        yield upstream
-
-
-@pytest.fixture(scope="package")
-def gateway(mock: MockUpstream) -> Iterator[RunningServer]:
+def gateway(mock_upstream: MockUpstream) -> Iterator[RunningServer]:
     settings = Settings(
-        provider="openai", base_url=mock.url + "/v1", model="mock", retry_ms=RETRY_MS
+        provider="openai", base_url=mock_upstream.url + "/v1", model="mock", retry_ms=RETRY_MS
     )
     with run_server(create_app(settings)) as server:
         yield server
 
 
 @pytest.fixture(scope="package")
-def keyed_gateway(mock: MockUpstream) -> Iterator[RunningServer]:
+def keyed_gateway(mock_upstream: MockUpstream) -> Iterator[RunningServer]:
     """A gateway that wants an API key on /v1/ (the page itself stays public)."""
     settings = Settings(
         provider="openai",
-        base_url=mock.url + "/v1",
+        base_url=mock_upstream.url + "/v1",
         model="mock",
         retry_ms=RETRY_MS,
         api_keys=(f"browser:{API_KEY}",),
