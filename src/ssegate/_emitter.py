@@ -51,7 +51,7 @@ from starlette.types import Receive, Scope, Send
 from ._errors import EmitterClosedError, SsegateError
 from ._response import CloseReason, EventSourceResponse, EventStreamOptions
 from ._shutdown import ShutdownSignal
-from .codec import ServerSentEvent, encode
+from .codec import ServerSentEvent, encode, encode_fields
 
 __all__ = ["EmitterState", "EmitterStatistics", "SseEmitter"]
 
@@ -135,7 +135,7 @@ def _error_event(exc: BaseException) -> bytes:
         payload: dict[str, object] = exc.to_dict()
     else:
         payload = {"code": "internal", "message": "internal error", "retryable": False}
-    return b"event: error\ndata: " + orjson.dumps(payload) + b"\n\n"
+    return encode_fields(orjson.dumps(payload).decode(), event="error")
 
 
 def _encode(
@@ -148,15 +148,8 @@ def _encode(
     if isinstance(data, bytes | bytearray | memoryview):
         raise TypeError("send() takes str, a JSON-serializable object or a ServerSentEvent")
     text = data if isinstance(data, str) else orjson.dumps(data).decode()
-    if (
-        event is None
-        and id is None
-        and retry is None
-        and comment is None
-        and "\n" not in text
-        and "\r" not in text
-    ):
-        return b"data: " + text.encode() + b"\n\n"
+    if retry is None and comment is None:
+        return encode_fields(text, event=event, id=id)
     return encode(ServerSentEvent(data=text, event=event, id=id, retry=retry, comment=comment))
 
 
