@@ -20,10 +20,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ssegate import EmitterClosedError
 from ssegate._emitter import EmitterState, SseEmitter
-from ssegate._errors import EmitterClosedError, UpstreamTimeoutError
 from ssegate._response import CloseReason, EventStreamOptions, ShutdownSignal
 from ssegate.codec import Decoder, ServerSentEvent
+from ssegate.providers import UpstreamTimeoutError
 from ssegate.testing import run_server
 
 Message = dict[str, Any]

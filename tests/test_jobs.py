@@ -16,14 +16,7 @@ import anyio
 import orjson
 import pytest
 
-from ssegate import (
-    ShuttingDownError,
-    StoreFullError,
-    StoreUnavailableError,
-    StreamNotFoundError,
-    UpstreamHTTPError,
-)
-from ssegate._jobs import JobManager, JobObserver, new_stream_id
+from ssegate._jobs import JobManager, JobObserver, ShuttingDownError, new_stream_id
 from ssegate.providers import (
     ChatRequest,
     Delta,
@@ -31,9 +24,19 @@ from ssegate.providers import (
     ReasoningDelta,
     TextDelta,
     ToolCallDelta,
+    UpstreamHTTPError,
     Usage,
 )
-from ssegate.store import MemoryStore, MemoryStoreConfig, Store, StoredEvent, StreamStatus
+from ssegate.store import (
+    MemoryStore,
+    MemoryStoreConfig,
+    Store,
+    StoredEvent,
+    StoreFullError,
+    StoreUnavailableError,
+    StreamNotFoundError,
+    StreamStatus,
+)
 
 pytestmark = pytest.mark.anyio
 

@@ -7,7 +7,6 @@ from contextlib import aclosing
 
 import pytest
 
-from ssegate import UpstreamConnectError
 from ssegate.providers import (
     PROVIDER_KINDS,
     AnthropicProvider,
@@ -16,6 +15,7 @@ from ssegate.providers import (
     OllamaProvider,
     OpenAIProvider,
     ProviderConfig,
+    UpstreamConnectError,
     create_provider,
     redact,
 )

@@ -15,15 +15,19 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from ssegate import (
+from ssegate.providers import (
+    ChatRequest,
+    Delta,
+    Provider,
+    TextDelta,
     UpstreamConnectError,
     UpstreamError,
     UpstreamHTTPError,
     UpstreamProtocolError,
     UpstreamStreamError,
     UpstreamTimeoutError,
+    create_provider,
 )
-from ssegate.providers import ChatRequest, Delta, Provider, TextDelta, create_provider
 from ssegate.testing import MockUpstream, blackhole_url, closed_port_url, run_server
 
 KEY = "sk-secret-key-0123456789abcdef"

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from ssegate import UpstreamProtocolError
 from ssegate.providers import (
     ChatRequest,
     Delta,
@@ -16,6 +15,7 @@ from ssegate.providers import (
     ReasoningDelta,
     TextDelta,
     ToolCallDelta,
+    UpstreamProtocolError,
     Usage,
     create_provider,
 )

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from ssegate import UpstreamStreamError
 from ssegate.providers import (
     ChatRequest,
     Delta,
@@ -17,6 +16,7 @@ from ssegate.providers import (
     ReasoningDelta,
     TextDelta,
     ToolCallDelta,
+    UpstreamStreamError,
     Usage,
     create_provider,
 )

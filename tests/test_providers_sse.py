@@ -8,7 +8,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from ssegate import Decoder, SseProtocolError, UpstreamProtocolError
+from ssegate import Decoder, SseProtocolError
+from ssegate.providers import UpstreamProtocolError
 from ssegate.providers._sse import UpstreamEvents
 
 _FRAGMENTS = [

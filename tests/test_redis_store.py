@@ -11,8 +11,13 @@ import anyio
 import pytest
 
 from instance_helpers import RedisServer
-from ssegate import StoreUnavailableError, StreamNotFoundError
-from ssegate.store import ProducerLostError, StoredEvent, StreamStatus
+from ssegate.store import (
+    ProducerLostError,
+    StoredEvent,
+    StoreUnavailableError,
+    StreamNotFoundError,
+    StreamStatus,
+)
 from ssegate.store.redis import RedisStore, RedisStoreConfig
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]

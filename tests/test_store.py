@@ -21,7 +21,6 @@ import anyio
 import orjson
 import pytest
 
-from ssegate import StoreFullError, StoreUnavailableError, StreamNotFoundError
 from ssegate.codec import Decoder
 from ssegate.store import (
     IllegalTransitionError,
@@ -30,7 +29,10 @@ from ssegate.store import (
     ProducerLostError,
     Store,
     StoredEvent,
+    StoreFullError,
+    StoreUnavailableError,
     StreamGapError,
+    StreamNotFoundError,
     StreamStatus,
 )
 

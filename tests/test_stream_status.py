@@ -6,11 +6,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ssegate import StoreError
 from ssegate.store import (
     TERMINAL_EVENTS,
     TRANSITIONS,
     IllegalTransitionError,
+    StoreError,
     StreamInput,
     StreamStatus,
     transition,

@@ -1,30 +1,13 @@
 """ssegate: stream LLM output to browsers and apps over Server-Sent Events.
 
 The library face: the sans-IO codec, the Spring-style :class:`SseEmitter`, the event-stream
-response, and the error tree. ``import ssegate`` imports neither FastAPI, redis nor httpx; the
-gateway lives in :mod:`ssegate.gateway`.
+response, and the library's errors. ``import ssegate`` imports neither FastAPI, redis nor
+httpx. The gateway lives in :mod:`ssegate.gateway`; its layers keep their own errors
+(:mod:`ssegate.providers` the upstream's, :mod:`ssegate.store` the store's).
 """
 
 from ._emitter import EmitterState, EmitterStatistics, SseEmitter
-from ._errors import (
-    EmitterClosedError,
-    IllegalTransitionError,
-    ProducerLostError,
-    ShuttingDownError,
-    SsegateError,
-    SseProtocolError,
-    StoreError,
-    StoreFullError,
-    StoreUnavailableError,
-    StreamGapError,
-    StreamNotFoundError,
-    UpstreamConnectError,
-    UpstreamError,
-    UpstreamHTTPError,
-    UpstreamProtocolError,
-    UpstreamStreamError,
-    UpstreamTimeoutError,
-)
+from ._errors import EmitterClosedError, SsegateError, SseProtocolError
 from ._response import (
     CloseReason,
     EventSourceResponse,
@@ -35,6 +18,7 @@ from ._response import (
 from ._shutdown import SHUTDOWN_STATE_KEY, ShutdownSignal
 from .codec import Decoder, ServerSentEvent, encode, encode_comment
 
+#: The one place the version is written (pyproject.toml reads it from here).
 __version__ = "0.1.0"
 
 __all__ = [
@@ -47,26 +31,12 @@ __all__ = [
     "EventSourceResponse",
     "EventStreamOptions",
     "EventStreamStatistics",
-    "IllegalTransitionError",
-    "ProducerLostError",
     "ServerSentEvent",
     "ShutdownSignal",
-    "ShuttingDownError",
     "SseEmitter",
     "SseProtocolError",
     "SsegateError",
-    "StoreError",
-    "StoreFullError",
-    "StoreUnavailableError",
-    "StreamGapError",
     "StreamItem",
-    "StreamNotFoundError",
-    "UpstreamConnectError",
-    "UpstreamError",
-    "UpstreamHTTPError",
-    "UpstreamProtocolError",
-    "UpstreamStreamError",
-    "UpstreamTimeoutError",
     "__version__",
     "encode",
     "encode_comment",

@@ -44,7 +44,7 @@ import anyio
 import orjson
 from anyio.abc import TaskGroup
 
-from ._errors import ShuttingDownError, SsegateError, StoreError
+from ._errors import ShuttingDownError, SsegateError
 from .providers._base import (
     ChatRequest,
     Delta,
@@ -55,6 +55,7 @@ from .providers._base import (
     ToolCallDelta,
     Usage,
 )
+from .store import StoreError
 from .store._base import Store, StreamInfo, StreamStatus
 
 __all__ = [

@@ -15,11 +15,11 @@ import anyio
 import uvicorn
 from fastapi import FastAPI
 
-from .._errors import StoreUnavailableError
+from .. import __version__
 from .._jobs import JobManager, ObserverChain
 from .._shutdown import SHUTDOWN_STATE_KEY
 from ..server import ShutdownAwareServer
-from ..store import Store
+from ..store import Store, StoreUnavailableError
 from ..store.memory import MemoryStore, MemoryStoreConfig
 from ._auth import GatewaySecurity
 from ._errors import install_error_handlers
@@ -114,7 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="ssegate",
-        version="0.1.0",
+        version=__version__,
         summary="Resumable, cancellable LLM streams over Server-Sent Events.",
         lifespan=lifespan,
     )

@@ -16,7 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
-from .._errors import SsegateError, StoreUnavailableError, StreamNotFoundError
+from .._errors import SsegateError
+from ..store import StoreUnavailableError, StreamNotFoundError
 
 __all__ = ["ApiError", "error_response", "install_error_handlers"]
 

@@ -54,14 +54,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
-from .._errors import SsegateError, StoreError, StoreUnavailableError
+from .._errors import SsegateError
 from .._jobs import JobObserver
 from ..store import (
     IllegalTransitionError,
     ProducerLostError,
     Store,
     StoredEvent,
+    StoreError,
     StoreStatistics,
+    StoreUnavailableError,
     StreamInfo,
     StreamStatus,
 )

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 import anyio
 from starlette.requests import HTTPConnection
 
-from .._errors import SsegateError, StreamNotFoundError
+from .._errors import SsegateError
 from .._jobs import JobManager
 from .._shutdown import ShutdownSignal
-from ..store import Store
+from ..store import Store, StreamNotFoundError
 from ._metrics import GatewayMetrics
 from ._models import ModelRegistry
 from ._settings import Settings

@@ -4,7 +4,7 @@ Every provider's ``stream(request)`` is an async generator of :data:`Delta` valu
 (:class:`TextDelta`, :class:`ReasoningDelta`, :class:`ToolCallDelta`, :class:`Usage`,
 :class:`Finish`). A stream that ends normally has seen the upstream's own end marker and ends
 with exactly one :class:`Finish`, preceded by :class:`Usage` when the upstream reported it.
-Every other ending raises an :class:`~ssegate.UpstreamError` subclass with a stable ``code``
+Every other ending raises an :class:`UpstreamError` subclass with a stable ``code``
 (see :mod:`ssegate.providers._http` for the table); httpx exceptions never escape.
 
 Consume a stream under :func:`contextlib.aclosing`: closing it early closes the upstream TCP
@@ -36,6 +36,14 @@ from ._base import (
     ToolCallDelta,
     Usage,
 )
+from ._errors import (
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamHTTPError,
+    UpstreamProtocolError,
+    UpstreamStreamError,
+    UpstreamTimeoutError,
+)
 from ._http import PROVIDER_KINDS, ProviderConfig, redact
 from .anthropic import AnthropicProvider
 from .demo import DEMO_MODEL, DemoProvider
@@ -57,6 +65,12 @@ __all__ = [
     "ReasoningDelta",
     "TextDelta",
     "ToolCallDelta",
+    "UpstreamConnectError",
+    "UpstreamError",
+    "UpstreamHTTPError",
+    "UpstreamProtocolError",
+    "UpstreamStreamError",
+    "UpstreamTimeoutError",
     "Usage",
     "create_provider",
     "redact",

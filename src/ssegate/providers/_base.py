@@ -4,7 +4,7 @@ A provider turns one upstream wire format (OpenAI-compatible SSE, Anthropic Mess
 Ollama NDJSON, the offline demo) into the same small vocabulary, so jobs and routes never look
 at a provider's JSON. Deltas are yielded in the order the upstream sent them; a provider's
 stream ends normally only after the upstream's own end marker (``[DONE]``, ``message_stop``,
-``"done": true``) and raises an :class:`~ssegate.UpstreamError` for every other ending.
+``"done": true``) and raises an :class:`~ssegate.providers.UpstreamError` for every other ending.
 """
 
 from __future__ import annotations

@@ -35,7 +35,8 @@ import anyio
 import httpx
 import orjson
 
-from .._errors import (
+from ._base import Delta, ReasoningDelta, TextDelta
+from ._errors import (
     UpstreamConnectError,
     UpstreamError,
     UpstreamHTTPError,
@@ -43,7 +44,6 @@ from .._errors import (
     UpstreamStreamError,
     UpstreamTimeoutError,
 )
-from ._base import Delta, ReasoningDelta, TextDelta
 from ._sse import UpstreamEvents
 from ._transport import LeanTransport
 

@@ -16,8 +16,9 @@ which the decoder counts in characters exactly as it does for the public API.
 
 from __future__ import annotations
 
-from .._errors import SseProtocolError, UpstreamProtocolError
+from .._errors import SseProtocolError
 from ..codec import Decoder
+from ._errors import UpstreamProtocolError
 
 __all__ = ["UpstreamEvents"]
 

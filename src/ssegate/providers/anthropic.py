@@ -22,8 +22,8 @@ Where we differ from a plain reading of the docs:
 * Tool-call indexes count ``tool_use`` blocks (0, 1, …), not content blocks.
 * Unknown event and delta types (``signature_delta``, ``citations_delta``, future ones) are
   skipped, as Anthropic's versioning policy asks; a known event with a broken shape raises
-  :class:`~ssegate.UpstreamProtocolError`.
-* An ``error`` event becomes :class:`~ssegate.UpstreamStreamError` with code
+  :class:`~ssegate.providers.UpstreamProtocolError`.
+* An ``error`` event becomes :class:`~ssegate.providers.UpstreamStreamError` with code
   ``upstream_<error type>``; ``overloaded_error``, ``api_error`` and ``rate_limit_error`` are
   retryable.
 """
@@ -36,8 +36,8 @@ from typing import Any
 import httpx
 import orjson
 
-from .._errors import UpstreamProtocolError
 from ._base import ChatRequest, Delta, Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
+from ._errors import UpstreamProtocolError
 from ._http import HttpUpstream, ProviderConfig, SseParser, loads_chunk, stream_error
 
 __all__ = ["AnthropicProvider"]

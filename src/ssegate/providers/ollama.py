@@ -14,9 +14,9 @@ Where we differ from a plain reading of the docs:
   and the JSON-encoded ``arguments``; when Ollama sends no id, ``call_<index>`` is used.
 * ``done_reason`` ``stop`` after tool calls is reported as ``tool_calls`` (as Ollama's own
   OpenAI-compatible API does); a missing reason is ``stop``.
-* An ``{"error": "..."}`` line becomes :class:`~ssegate.UpstreamStreamError`
+* An ``{"error": "..."}`` line becomes :class:`~ssegate.providers.UpstreamStreamError`
   (``upstream_error``); a line with none of ``message``, ``done``, ``error`` is an unknown
-  shape (:class:`~ssegate.UpstreamProtocolError`).
+  shape (:class:`~ssegate.providers.UpstreamProtocolError`).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import Any
 import httpx
 import orjson
 
-from .._errors import UpstreamProtocolError
 from ._base import ChatRequest, Delta, Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
+from ._errors import UpstreamProtocolError
 from ._http import HttpUpstream, LineSplitter, ProviderConfig, loads_chunk, stream_error
 
 __all__ = ["OllamaProvider"]

@@ -18,9 +18,9 @@ Where we differ from a plain reading of the docs:
 * A ``[DONE]`` without any ``finish_reason`` finishes with ``"stop"``.
 * Only choice index 0 is read (``n`` > 1 is not supported).
 * An ``{"error": {...}}`` object (or an ``event: error``) inside the 200 stream becomes
-  :class:`~ssegate.UpstreamStreamError` with code ``upstream_<error code or type>``.
+  :class:`~ssegate.providers.UpstreamStreamError` with code ``upstream_<error code or type>``.
 * A JSON object with none of ``choices``, ``usage``, ``error`` is an unknown shape and
-  raises :class:`~ssegate.UpstreamProtocolError`, as does malformed JSON.
+  raises :class:`~ssegate.providers.UpstreamProtocolError`, as does malformed JSON.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from typing import Any
 
 import httpx
 
-from .._errors import UpstreamProtocolError
 from ._base import ChatRequest, Delta, Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
+from ._errors import UpstreamProtocolError
 from ._http import HttpUpstream, ProviderConfig, SseParser, loads_chunk, stream_error
 
 __all__ = ["OpenAIProvider"]

@@ -2,22 +2,29 @@
 
 :class:`Store` is the contract; :class:`MemoryStore` the embedded default. A Redis store
 (``ssegate.store.redis``) implements the same contract for more than one instance; importing
-this package does not import redis.
+this package does not import redis. The store's errors (:class:`StoreError` and its subclasses)
+are here too.
 """
 
 from ._base import (
     TERMINAL_EVENTS,
     TRANSITIONS,
-    IllegalTransitionError,
-    ProducerLostError,
     Store,
     StoredEvent,
     StoreStatistics,
-    StreamGapError,
     StreamInfo,
     StreamInput,
     StreamStatus,
     transition,
+)
+from ._errors import (
+    IllegalTransitionError,
+    ProducerLostError,
+    StoreError,
+    StoreFullError,
+    StoreUnavailableError,
+    StreamGapError,
+    StreamNotFoundError,
 )
 from .memory import MemoryStore, MemoryStoreConfig
 
@@ -29,11 +36,15 @@ __all__ = [
     "MemoryStoreConfig",
     "ProducerLostError",
     "Store",
+    "StoreError",
+    "StoreFullError",
     "StoreStatistics",
+    "StoreUnavailableError",
     "StoredEvent",
     "StreamGapError",
     "StreamInfo",
     "StreamInput",
+    "StreamNotFoundError",
     "StreamStatus",
     "transition",
 ]

@@ -41,8 +41,8 @@ from enum import StrEnum
 from types import MappingProxyType, TracebackType
 from typing import Any, Self
 
-from .._errors import IllegalTransitionError, ProducerLostError, StreamGapError
 from ..codec import ServerSentEvent, encode
+from ._errors import IllegalTransitionError, ProducerLostError, StreamGapError
 
 __all__ = [
     "FINISH_INPUTS",
@@ -211,8 +211,8 @@ class Store(ABC):
     """Per-stream ordered events, status, cancel signal, subscribers and producer lease.
 
     Use as ``async with store:`` (or call :meth:`aclose`). All methods raise
-    :class:`~ssegate.StreamNotFoundError` for an unknown or expired stream id, and
-    :class:`~ssegate.StoreUnavailableError` when the backend can't be reached or the store
+    :class:`~ssegate.store.StreamNotFoundError` for an unknown or expired stream id, and
+    :class:`~ssegate.store.StoreUnavailableError` when the backend can't be reached or the store
     is closed. Callers bound waits with ``anyio.fail_after``/``move_on_after``.
     """
 
@@ -236,8 +236,8 @@ class Store(ABC):
     ) -> StreamInfo:
         """Create a ``running`` stream with no events and a fresh lease.
 
-        Raises :class:`~ssegate.StoreFullError` when no room can be made, ``ValueError`` if the
-        id exists.
+        Raises :class:`~ssegate.store.StoreFullError` when no room can be made, ``ValueError``
+        if the id exists.
         """
 
     @abstractmethod

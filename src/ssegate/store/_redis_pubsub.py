@@ -3,7 +3,7 @@
 :class:`RedisHub` holds the command pool, the one pub/sub connection (it reconnects by itself
 with bounded back-off and resubscribes), the :class:`Watch` of every stream something in this
 process waits on, and the renewal of this instance's subscriber leases. It also turns redis
-and socket errors into :class:`~ssegate.StoreUnavailableError`: ``redis`` exceptions never
+and socket errors into :class:`~ssegate.store.StoreUnavailableError`: ``redis`` exceptions never
 leave the store's modules. :class:`~ssegate.store.redis.RedisStore` builds the
 :class:`~ssegate.store.Store` operations on it.
 """
@@ -28,8 +28,8 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 
-from .._errors import StoreError, StoreUnavailableError, StreamNotFoundError
 from ._base import TERMINAL_EVENTS, StoredEvent
+from ._errors import StoreError, StoreUnavailableError, StreamNotFoundError
 from ._redis_keys import RedisStoreConfig, stream_channels, stream_keys
 from ._redis_scripts import SCRIPTS
 from ._redis_writer import ScriptWriter

@@ -31,7 +31,7 @@ import anyio
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from .._errors import StoreError, StoreUnavailableError
+from ._errors import StoreError, StoreUnavailableError
 
 __all__ = ["ScriptWriter"]
 

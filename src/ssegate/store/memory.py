@@ -9,7 +9,7 @@ follower therefore costs no memory; if it falls behind the cap it gets :class:`S
 Expiry needs no background task: a finished stream's TTL is checked when the stream is looked
 up, and ``create`` sweeps expired streams (oldest finish first, amortised O(1)). When the store
 is full, ``create`` evicts the oldest finished stream before its TTL rather than refuse a new
-generation; only a store full of *running* streams raises :class:`~ssegate.StoreFullError`.
+generation; only a store full of *running* streams raises :class:`~ssegate.store.StoreFullError`.
 
 The lease exists to mirror the Redis store: a producer in this process renews it (and every
 ``append`` does too), so it only lapses if a producer is stuck or forgot to finish its stream.
@@ -30,7 +30,6 @@ from typing import Any, TypeAlias
 
 import anyio
 
-from .._errors import StoreFullError, StoreUnavailableError, StreamNotFoundError
 from ._base import (
     FINISH_INPUTS,
     TERMINAL_EVENTS,
@@ -43,6 +42,7 @@ from ._base import (
     StreamInput,
     StreamStatus,
 )
+from ._errors import StoreFullError, StoreUnavailableError, StreamNotFoundError
 
 __all__ = ["MemoryStore", "MemoryStoreConfig"]
 

@@ -28,7 +28,7 @@ followers' lease check (``PTTL``), done only when the lease may have run out.
 
 **Faults.** A command that fails (refused, reset, timed out, no pooled connection free within
 ``op_timeout``) raises
-:class:`~ssegate.StoreUnavailableError`; redis-py retries it once on a fresh connection, which
+:class:`~ssegate.store.StoreUnavailableError`; redis-py retries it once on a fresh connection, which
 covers pooled connections made stale by a Redis restart. The pub/sub connection reconnects by
 itself with bounded back-off (50 ms doubling to 2 s) and, once back, wakes every waiter so it
 re-reads what it may have missed. Waiting for a cancel or for subscribers to leave survives an
@@ -50,7 +50,6 @@ from typing import Any
 import anyio
 import orjson
 
-from .._errors import StoreError, StoreUnavailableError, StreamNotFoundError
 from ._base import (
     FINISH_INPUTS,
     TERMINAL_EVENTS,
@@ -63,6 +62,7 @@ from ._base import (
     StreamInfo,
     StreamStatus,
 )
+from ._errors import StoreError, StoreUnavailableError, StreamNotFoundError
 from ._redis_keys import RedisStoreConfig
 from ._redis_pubsub import RedisHub, Watch
 
@@ -85,7 +85,7 @@ def _json_or_none(raw: bytes | None) -> dict[str, Any] | None:
 class RedisStore(RedisHub, Store):
     """A :class:`~ssegate.store.Store` in Redis, shared by every instance that uses the same
     Redis and ``key_prefix``. Use as ``async with RedisStore(config) as store:``; entering it
-    connects (and raises :class:`~ssegate.StoreUnavailableError` if Redis can't be reached).
+    connects (and raises :class:`~ssegate.store.StoreUnavailableError` if Redis can't be reached).
     """
 
     def __init__(self, config: RedisStoreConfig | None = None) -> None:

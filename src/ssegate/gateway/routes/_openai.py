@@ -41,9 +41,8 @@ from fastapi import APIRouter, Body, Depends, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from ..._errors import StoreError
 from ...providers import ChatRequest, Provider
-from ...store import StoredEvent, StreamInfo
+from ...store import StoredEvent, StoreError, StreamInfo
 from .._auth import GatewaySecurity, caller_of, security_of
 from .._limits import PromptLimitError, TrackedEventSourceResponse, check_prompt
 from .._models import ModelRoute, UnknownModelError

@@ -20,12 +20,20 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
-from ..._errors import StoreError, StoreFullError, StreamNotFoundError
 from ..._jobs import ShuttingDownError
 from ..._response import EventSourceResponse
 from ...codec import ServerSentEvent, encode
 from ...providers import ChatRequest, Provider
-from ...store import TERMINAL_EVENTS, ProducerLostError, StreamGapError, StreamInfo, StreamStatus
+from ...store import (
+    TERMINAL_EVENTS,
+    ProducerLostError,
+    StoreError,
+    StoreFullError,
+    StreamGapError,
+    StreamInfo,
+    StreamNotFoundError,
+    StreamStatus,
+)
 from .._auth import Caller, GatewaySecurity, caller_of, security_of
 from .._errors import ApiError
 from .._limits import PromptLimitError, TrackedEventSourceResponse, check_prompt
