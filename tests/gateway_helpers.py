@@ -37,7 +37,7 @@ def running_gateway(mock: MockUpstream | None = None, **settings: Any) -> Iterat
         settings.setdefault("provider", "openai")
         settings.setdefault("base_url", upstream.url + "/v1")
         settings.setdefault("model", "mock")
-        config = Settings(**settings)
+        config = Settings.from_options(**settings)
         with run_server(create_app(config)) as server:
             yield Gateway(server, upstream, config)
     finally:

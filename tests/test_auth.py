@@ -24,14 +24,10 @@ from openai import OpenAI
 
 from gateway_helpers import Gateway, ask, payloads, running_gateway
 from ssegate import Decoder
-from ssegate.gateway import Settings
-from ssegate.gateway._auth import (
-    KeyRing,
-    ReadTokens,
-    bind_refusal,
-    parse_key_entries,
-    split_key_entries,
-)
+from ssegate.gateway import SecurityConfig, Settings
+from ssegate.gateway._auth import bind_refusal
+from ssegate.gateway._keys import KeyRing, parse_key_entries, split_key_entries
+from ssegate.gateway._tokens import ReadTokens
 
 ALICE = "sk-alice-4f1c2b9e7d6a5c3b"
 BOB = "sk-bob-8e7d6c5b4a392817"
@@ -257,14 +253,14 @@ def test_a_tampered_or_foreign_token_fails(client: httpx.Client) -> None:
         assert response.status_code == 401, bad
         assert response.json()["error"]["code"] == "invalid_token"
     # Signed with another secret: a gateway with other keys.
-    other = ReadTokens.for_settings(Settings(api_keys=(BOB,)), KeyRing([(None, BOB)]))
+    other = ReadTokens.for_settings(Settings.from_options(api_keys=(BOB,)), KeyRing([(None, BOB)]))
     forged, _ = other.issue(sid)
     assert client.get(f"/v1/streams/{sid}", params={"token": forged}).status_code == 401
 
 
 def test_an_expired_token_fails(gw: Gateway, client: httpx.Client) -> None:
     sid = start(client, ALICE)["id"]
-    keys = KeyRing.from_settings(gw.settings)
+    keys = KeyRing.from_config(gw.settings.security)
     past = ReadTokens.for_settings(gw.settings, keys, clock=lambda: time.time() - 10_000)
     expired, expires = past.issue(sid)
     assert expires < time.time()
@@ -308,7 +304,7 @@ def test_key_entries_and_files(tmp_path: Path) -> None:
         "# gateway keys\n\nalice:" + ALICE + "  # Alice's laptop\n" + UNNAMED + "\n   \n",
         encoding="utf-8",
     )
-    ring = KeyRing.from_settings(Settings(api_keys=(f"bob:{BOB}",), api_keys_file=str(file)))
+    ring = KeyRing.from_config(SecurityConfig(api_keys=(f"bob:{BOB}",), api_keys_file=str(file)))
     assert len(ring) == 3
     assert ring.owners[:2] == ["bob", "alice"]
     assert ring.owners[2].startswith("key-")
@@ -347,9 +343,9 @@ def test_an_empty_or_missing_keys_file_is_an_error(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.write_text("# nothing yet\n", encoding="utf-8")
     with pytest.raises(ValueError, match="holds no key"):
-        KeyRing.from_settings(Settings(api_keys_file=str(empty)))
+        KeyRing.from_config(SecurityConfig(api_keys_file=str(empty)))
     with pytest.raises(ValueError, match="cannot read"):
-        KeyRing.from_settings(Settings(api_keys_file=str(tmp_path / "missing")))
+        KeyRing.from_config(SecurityConfig(api_keys_file=str(tmp_path / "missing")))
 
 
 def test_every_key_is_compared_whichever_matches(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -406,16 +402,16 @@ def test_serve_refuses_a_public_address_without_keys() -> None:
 @pytest.mark.parametrize(
     ("settings", "refused"),
     [
-        (Settings(host="0.0.0.0"), True),
-        (Settings(host="::"), True),
-        (Settings(host="192.168.1.10"), True),
-        (Settings(host="example.com"), True),
-        (Settings(host="127.0.0.1"), False),
-        (Settings(host="127.0.0.2"), False),
-        (Settings(host="::1"), False),
-        (Settings(host="localhost"), False),
-        (Settings(host="0.0.0.0", insecure=True), False),
-        (Settings(host="0.0.0.0", api_keys=(ALICE,)), False),
+        (Settings.from_options(host="0.0.0.0"), True),
+        (Settings.from_options(host="::"), True),
+        (Settings.from_options(host="192.168.1.10"), True),
+        (Settings.from_options(host="example.com"), True),
+        (Settings.from_options(host="127.0.0.1"), False),
+        (Settings.from_options(host="127.0.0.2"), False),
+        (Settings.from_options(host="::1"), False),
+        (Settings.from_options(host="localhost"), False),
+        (Settings.from_options(host="0.0.0.0", insecure=True), False),
+        (Settings.from_options(host="0.0.0.0", api_keys=(ALICE,)), False),
     ],
 )
 def test_bind_refusal(settings: Settings, refused: bool) -> None:

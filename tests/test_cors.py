@@ -25,7 +25,7 @@ def preflight(origin: str, method: str = "POST", headers: str = "authorization, 
 
 @pytest.fixture(scope="module")
 def allow_list() -> Iterator[Gateway]:
-    with running_gateway(cors_origins=(APP, "http://localhost:5173"), api_keys=(KEY,)) as gw:
+    with running_gateway(cors_origin=(APP, "http://localhost:5173"), api_keys=(KEY,)) as gw:
         yield gw
 
 
@@ -99,7 +99,7 @@ def test_a_preflight_asking_for_other_headers_is_refused(allow_list: Gateway) ->
 
 
 def test_a_wildcard_only_when_given_and_never_with_credentials() -> None:
-    with running_gateway(cors_origins=("*",)) as gw, httpx.Client(base_url=gw.url) as client:
+    with running_gateway(cors_origin=("*",)) as gw, httpx.Client(base_url=gw.url) as client:
         response = client.options("/v1/streams", headers=preflight(EVIL))
         assert response.status_code == 200
         assert response.headers["access-control-allow-origin"] == "*"

@@ -138,14 +138,14 @@ class Target:
 
 @pytest.fixture(scope="module")
 def target() -> Iterator[Target]:
-    config = Settings(
-        demo_tokens_per_second=0,
+    config = Settings.from_options(
+        demo_rate=0,
         api_keys=(f"fuzz:{KEY}",),
         rate_limit=0,
         max_streams_per_key=0,
         max_body_bytes=MAX_BODY,
         disconnect_grace=0.5,
-        cors_origins=("https://app.example",),
+        cors_origin=("https://app.example",),
         drain_timeout=0,
     )
     app = create_app(config)

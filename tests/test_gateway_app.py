@@ -47,7 +47,7 @@ def serve(self):  # the server's run, as uvicorn.Server.run is called by run()
     self.started = True
 
 _app._GatewayServer.run = serve
-print("exit:", _app.run(Settings(port=0, log_level="warning")))
+print("exit:", _app.run(Settings.from_options(port=0, log_level="warning")))
 print("after:", sniffio.current_async_library_cvar.get())
 """
 

@@ -145,7 +145,7 @@ async def test_unknown_and_expired_streams_are_404() -> None:
 
 
 async def test_heartbeat_flows_before_the_first_token() -> None:
-    with running_gateway(heartbeat_interval=0.1) as gw:
+    with running_gateway(heartbeat=0.1) as gw:
         async with (
             httpx.AsyncClient(base_url=gw.url) as client,
             client.stream(

@@ -27,7 +27,7 @@ def _raw_request(port: int, head: bytes) -> bytes:
 
 
 def test_huge_request_head_is_refused_with_431_and_the_server_keeps_serving() -> None:
-    app = create_app(Settings(demo_tokens_per_second=0))
+    app = create_app(Settings.from_options(demo_rate=0))
     with run_server(app, http=bounded_http_protocol(16 * 1024)) as srv:
         big = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n"
         answer = _raw_request(srv.port, big)

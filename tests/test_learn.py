@@ -93,7 +93,7 @@ def test_learn_page_is_the_seeds_event_source_page() -> None:
 
 @pytest.mark.parametrize(("origins", "expected"), [((), None), (("*",), "*")])
 def test_cors_for_the_demo_is_configurable(origins: tuple[str, ...], expected: str | None) -> None:
-    with running_gateway(cors_origins=origins) as gw:
+    with running_gateway(cors_origin=origins) as gw:
         response = httpx.get(
             gw.url + "/learn/sseChat?name=xx&interval=0",
             headers={"Origin": "http://elsewhere.example"},

@@ -12,7 +12,8 @@ import pytest
 from openai import OpenAI
 
 from gateway_helpers import Gateway, ask, collect, payloads, running_gateway, sse_events
-from ssegate.gateway._limits import PromptLimitError, RateLimiter, check_prompt
+from ssegate.gateway._limits import PromptLimitError, check_prompt
+from ssegate.gateway._quota import RateLimiter
 
 ALICE = "sk-alice-4f1c2b9e7d6a5c3b"
 BOB = "sk-bob-8e7d6c5b4a392817"
@@ -215,7 +216,7 @@ def test_running_streams_per_key_are_limited() -> None:
 
 @pytest.mark.anyio
 async def test_subscribers_per_stream_are_limited() -> None:
-    with running_gateway(max_subscribers_per_stream=2, drain_timeout=0) as gw:
+    with running_gateway(max_subscribers=2, drain_timeout=0) as gw:
         async with httpx.AsyncClient(base_url=gw.url) as client:
             created = (await client.post("/v1/streams", json=ask(LONG))).json()
             url = created["events_url"]

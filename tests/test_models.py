@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from ssegate.cli import main
+from ssegate.cli import main, serve_settings
 from ssegate.gateway import Settings
 from ssegate.gateway._models import (
     ModelSpec,
@@ -106,7 +106,7 @@ async def test_a_map_builds_routes_that_share_providers(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     registry = build_registry(
-        Settings(model_map=str(path)), environ={"KEY_A": "sk-aaaa", "KEY_B": "sk-bbbb"}
+        Settings.from_options(model_map=str(path)), environ={"KEY_A": "sk-aaaa", "KEY_B": "sk-bbbb"}
     )
     try:
         assert [r.name for r in registry] == [
@@ -140,15 +140,15 @@ def test_a_missing_key_variable_fails_at_startup(tmp_path: Path) -> None:
     path = tmp_path / "models.toml"
     path.write_text(TOML_MAP, encoding="utf-8")
     with pytest.raises(ValueError, match="KEY_B is not set"):
-        build_registry(Settings(model_map=str(path)), environ={"KEY_A": "sk-aaaa"})
+        build_registry(Settings.from_options(model_map=str(path)), environ={"KEY_A": "sk-aaaa"})
     path.write_text('[x]\nprovider = "openai"\nbase_url = "ftp://host"\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"model 'x'.*base_url"):
-        build_registry(Settings(model_map=str(path)), environ={})
+        build_registry(Settings.from_options(model_map=str(path)), environ={})
 
 
 async def test_without_a_map_flags_make_one_model() -> None:
     demo = build_registry(Settings())
-    single = build_registry(Settings(provider="openai", model="gpt-4o-mini"))
+    single = build_registry(Settings.from_options(provider="openai", model="gpt-4o-mini"))
     try:
         assert [(r.name, r.kind) for r in demo] == [("ssegate-demo", "demo")]
         assert [(r.name, r.upstream_model, r.kind) for r in single] == [
@@ -159,26 +159,14 @@ async def test_without_a_map_flags_make_one_model() -> None:
         await demo.aclose()
         await single.aclose()
     with pytest.raises(ValueError, match="--model is required"):
-        build_registry(Settings(provider="openai"))
+        build_registry(Settings.from_options(provider="openai"))
 
 
 def test_serve_passes_the_model_map(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import ssegate.gateway
-
-    seen: list[Settings] = []
-
-    def fake_run(settings: Settings) -> int:
-        seen.append(settings)
-        return 0
-
-    monkeypatch.setattr(ssegate.gateway, "run", fake_run)
     path = tmp_path / "models.json"
     path.write_text('{"a": {"provider": "demo"}}', encoding="utf-8")
-    result = CliRunner().invoke(main, ["serve", "--model-map", str(path)])
-    assert result.exit_code == 0, result.output
-    assert seen[0].model_map == str(path)
-    result = CliRunner().invoke(main, ["serve"], env={"SSEGATE_MODEL_MAP": str(path)})
-    assert result.exit_code == 0
-    assert seen[1].model_map == str(path)
+    assert serve_settings(["--model-map", str(path)]).upstream.model_map == str(path)
+    monkeypatch.setenv("SSEGATE_MODEL_MAP", str(path))
+    assert serve_settings([]).upstream.model_map == str(path)
     missing = CliRunner().invoke(main, ["serve", "--model-map", str(tmp_path / "none.toml")])
     assert missing.exit_code == 2

@@ -63,7 +63,7 @@ class Gateway:
 @pytest.fixture(scope="module")
 def gateway() -> Iterator[Gateway]:
     with MockUpstream() as mock:
-        settings = Settings(
+        settings = Settings.from_options(
             provider="openai", base_url=mock.url + "/v1", model="mock", disconnect_grace=0.3
         )
         app = create_app(settings)
@@ -547,7 +547,7 @@ owned_by = "team"
 """,
             encoding="utf-8",
         )
-        app = create_app(Settings(model_map=str(model_map)))
+        app = create_app(Settings.from_options(model_map=str(model_map)))
         with (
             run_server(app) as server,
             OpenAI(base_url=server.url + "/v1", api_key="sk-caller", max_retries=0) as client,
@@ -582,7 +582,7 @@ def test_fields_map_onto_anthropic_and_ollama_upstreams(gateway: Gateway, tmp_pa
         ),
         encoding="utf-8",
     )
-    app = create_app(Settings(model_map=str(model_map), demo_tokens_per_second=0))
+    app = create_app(Settings.from_options(model_map=str(model_map), demo_rate=0))
     with (
         run_server(app) as server,
         OpenAI(base_url=server.url + "/v1", api_key="sk-caller", max_retries=0) as client,
@@ -655,8 +655,8 @@ def test_fields_map_onto_anthropic_and_ollama_upstreams(gateway: Gateway, tmp_pa
 def test_heartbeats_before_the_first_token_are_ignored_by_the_sdk(gateway: Gateway) -> None:
     # A short heartbeat also bounds the wait for the first event: the 200 goes out at once
     # and pings keep the connection busy while the upstream thinks.
-    settings = Settings(
-        provider="openai", base_url=gateway.mock.url + "/v1", model="mock", heartbeat_interval=0.05
+    settings = Settings.from_options(
+        provider="openai", base_url=gateway.mock.url + "/v1", model="mock", heartbeat=0.05
     )
     body = {"model": "mock", "messages": user("h1 [[delay_ms:400]] [[tokens:3]]"), "stream": True}
     with run_server(create_app(settings)) as server:

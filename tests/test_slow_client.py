@@ -64,11 +64,11 @@ def _dechunk(raw: bytes) -> bytes:
 
 
 def test_a_client_that_reads_nothing_is_bounded_then_dropped_then_resumes() -> None:
-    settings = Settings(
+    settings = Settings.from_options(
         send_timeout=1.0,
         on_disconnect="continue",
         max_events_per_stream=10_000,
-        heartbeat_interval=60,
+        heartbeat=60,
     )
     app = create_app(settings)
     closed = threading.Event()
@@ -174,7 +174,7 @@ def test_readers_that_never_read_a_long_stream_cost_a_write_per_batch_not_per_ev
     """64 readers that read nothing of a finished 60,000-event stream: the kept events go out
     in batches (a few hundred items per reader, not 60,000), so they cost little CPU and the
     gateway keeps answering."""
-    settings = Settings(send_timeout=2.0, max_events_per_stream=100_000, heartbeat_interval=60)
+    settings = Settings.from_options(send_timeout=2.0, max_events_per_stream=100_000, heartbeat=60)
     app = create_app(settings)
     with run_server(app) as server:
         app.state.gateway.models.add(ModelRoute("many", ManyTokensProvider(), "many", "demo", "t"))

@@ -54,7 +54,7 @@ def browser(playwright_: Playwright) -> Iterator[Browser]:
 
 @pytest.fixture(scope="package")
 def gateway(mock_upstream: MockUpstream) -> Iterator[RunningServer]:
-    settings = Settings(
+    settings = Settings.from_options(
         provider="openai", base_url=mock_upstream.url + "/v1", model="mock", retry_ms=RETRY_MS
     )
     with run_server(create_app(settings)) as server:
@@ -64,7 +64,7 @@ def gateway(mock_upstream: MockUpstream) -> Iterator[RunningServer]:
 @pytest.fixture(scope="package")
 def keyed_gateway(mock_upstream: MockUpstream) -> Iterator[RunningServer]:
     """A gateway that wants an API key on /v1/ (the page itself stays public)."""
-    settings = Settings(
+    settings = Settings.from_options(
         provider="openai",
         base_url=mock_upstream.url + "/v1",
         model="mock",

@@ -260,7 +260,7 @@ def test_demo_model_says_it_is_one_on_a_phone(browser: Any) -> None:
     from ssegate.gateway import Settings, create_app
     from ssegate.testing import run_server
 
-    with run_server(create_app(Settings(demo_tokens_per_second=0))) as demo:
+    with run_server(create_app(Settings.from_options(demo_rate=0))) as demo:
         context = browser.new_context(
             viewport={"width": 375, "height": 720}, is_mobile=True, has_touch=True
         )

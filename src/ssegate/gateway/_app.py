@@ -6,6 +6,8 @@ import contextlib
 import gc
 import logging
 import logging.config
+import signal
+import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from types import ModuleType
@@ -16,19 +18,25 @@ import uvicorn
 from fastapi import FastAPI
 
 from .. import __version__
-from .._jobs import JobManager, ObserverChain
+from .._jobs import JobManager, JobObserver, ObserverChain
 from .._shutdown import SHUTDOWN_STATE_KEY
 from ..server import ShutdownAwareServer
 from ..store import Store, StoreUnavailableError
 from ..store.memory import MemoryStore, MemoryStoreConfig
-from ._auth import GatewaySecurity
+from ._auth import AuthMiddleware, GatewaySecurity
+from ._cors import JsonCORSMiddleware
 from ._errors import install_error_handlers
+from ._event_streams import EventStreamTracker
 from ._http import DEFAULT_MAX_HEAD_BYTES, bounded_http_protocol
-from ._logging import logging_config
+from ._keys import KeyRing
+from ._limits import BodyLimitMiddleware
+from ._logging import ContentLog, StreamLog, logging_config
 from ._metrics import GatewayMetrics, MeteredStore
 from ._models import build_registry
+from ._quota import RateLimiter, StreamQuota
 from ._settings import Settings
 from ._state import GatewayState
+from ._tokens import ReadTokens
 from .routes import learn_router, openai_router, ops_router, pages_router, streams_router
 
 sniffio: ModuleType | None
@@ -41,36 +49,37 @@ __all__ = ["create_app", "run"]
 
 log = logging.getLogger("ssegate.gateway")
 
+_HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
 
 def _open_store(settings: Settings) -> Store:
-    """The store ``settings.store`` names: ``memory``, or ``redis://``/``rediss://``/``unix://``."""
-    if settings.store == "memory":
+    """The store ``--store`` names: ``memory``, or ``redis://``/``rediss://``/``unix://``."""
+    config = settings.store
+    if config.url == "memory":
         return MemoryStore(
             MemoryStoreConfig(
-                max_streams=settings.max_streams,
-                max_events=settings.max_events_per_stream,
-                finished_ttl=settings.stream_ttl,
-                lease_ttl=settings.lease_ttl or 15.0,
+                max_streams=config.max_streams,
+                max_events=config.max_events_per_stream,
+                finished_ttl=config.stream_ttl,
+                lease_ttl=config.lease_ttl or 15.0,
             )
         )
-    if settings.store.startswith(("redis://", "rediss://", "unix://")):
-        from ..store.redis import RedisStore, RedisStoreConfig  # imports redis only when used
+    from ..store.redis import RedisStore, RedisStoreConfig  # imports redis only when used
 
-        return RedisStore(
-            RedisStoreConfig(
-                url=settings.store,
-                key_prefix=settings.redis_prefix,
-                max_events=settings.max_events_per_stream,
-                finished_ttl=settings.stream_ttl,
-                lease_ttl=settings.lease_ttl or 10.0,
-            )
+    return RedisStore(
+        RedisStoreConfig(
+            url=config.url,
+            key_prefix=config.redis_prefix,
+            max_events=config.max_events_per_stream,
+            finished_ttl=config.stream_ttl,
+            lease_ttl=config.lease_ttl or 10.0,
         )
-    raise ValueError(f"unknown store {settings.store!r}: use 'memory' or redis://host:port/db")
+    )
 
 
 def _check_store(settings: Settings) -> str | None:
     """Connect to the store once before serving; the reason if it can't be reached."""
-    if settings.store == "memory":
+    if settings.store.url == "memory":
         return None
 
     async def probe() -> None:
@@ -84,19 +93,72 @@ def _check_store(settings: Settings) -> str | None:
     return None
 
 
+def _security(settings: Settings) -> GatewaySecurity:
+    """The keys, tokens, limiters and logs of one app (a bad keys file fails here)."""
+    limits = settings.limits
+    keys = KeyRing.from_config(settings.security)
+    if not len(keys):
+        keyring: KeyRing | None = None
+        tokens: ReadTokens | None = None
+    else:
+        keyring, tokens = keys, ReadTokens.for_settings(settings, keys)
+    rate = limits.rate_limit
+    return GatewaySecurity(
+        keys=keyring,
+        tokens=tokens,
+        limiter=RateLimiter(rate, limits.rate_burst) if rate > 0 else None,
+        quota=StreamQuota(limits.max_streams_per_key),
+        event_streams=EventStreamTracker(),
+        stream_log=StreamLog(),
+        content_log=ContentLog() if settings.logging.content else None,
+    )
+
+
+def _install_middleware(app: FastAPI, settings: Settings, security: GatewaySecurity) -> None:
+    """The middleware, outermost first: CORS, API keys and request rate, body size."""
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
+    if security.keys is not None and security.tokens is not None:
+        app.add_middleware(
+            AuthMiddleware,
+            keys=security.keys,
+            tokens=security.tokens,
+            limiter=security.limiter,
+        )
+    origins = settings.security.cors_origins
+    if origins:
+        # '*' only when given, and then never with credentials (the CORS spec forbids it,
+        # and a credentialed wildcard would let any site act as the user).
+        wildcard = "*" in origins
+        app.add_middleware(
+            JsonCORSMiddleware,
+            allow_origins=["*"] if wildcard else list(origins),
+            allow_credentials=not wildcard,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "Accept"],
+            expose_headers=[
+                "x-ssegate-stream-id",
+                "x-ssegate-read-token",
+                "x-request-id",
+                "Location",
+                "Retry-After",
+            ],
+            max_age=600,
+        )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The gateway app for ``settings`` (defaults: demo model, memory store, loopback)."""
     settings = settings or Settings()
-    security = GatewaySecurity(settings)  # keys, tokens, limits: fail fast on a bad keys file
+    security = _security(settings)
     models = build_registry(settings)  # fail fast on a bad provider configuration
     _open_store(settings)  # fail fast on a bad store URL (connecting waits for the lifespan)
     metrics = GatewayMetrics()  # one registry per app: no global state
+    observer: JobObserver = ObserverChain(security.quota, security.stream_log, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         # The metered store times every operation and ends producer-less streams.
         store = MeteredStore(_open_store(settings), metrics)
-        observer = ObserverChain(security.observer(), metrics)
         async with store, JobManager(store, observer=observer) as jobs:
             metrics.bind(active=jobs.active, statistics=store.statistics)
             state = GatewayState(
@@ -108,7 +170,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 yield {SHUTDOWN_STATE_KEY: state.shutdown}
             finally:
                 state.draining = True
-                await jobs.drain(settings.drain_timeout)
+                await jobs.drain(settings.server.drain_timeout)
                 state.shutdown.set()
                 await models.aclose()
 
@@ -118,8 +180,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Resumable, cancellable LLM streams over Server-Sent Events.",
         lifespan=lifespan,
     )
+    app.state.ssegate_security = security
     install_error_handlers(app)
-    security.install(app)  # CORS, API keys and rate, body size (docs/security.md)
+    _install_middleware(app, settings, security)
     app.include_router(ops_router)
     app.include_router(learn_router)
     app.include_router(streams_router)
@@ -162,18 +225,26 @@ class _GatewayServer(ShutdownAwareServer):
     def capture_signals(self) -> Iterator[None]:
         """Handle SIGINT/SIGTERM as uvicorn does, but exit 0 after a clean drain.
 
-        uvicorn re-raises the captured signal after shutting down, so the process would die
-        "by SIGTERM" (exit -15) even when every stream was drained; a process manager or
-        orchestrator reads that as a failure.
+        uvicorn's own version re-raises the captured signal after shutting down, so the
+        process would die "by SIGTERM" (exit -15) even when every stream was drained; a process
+        manager or orchestrator reads that as a failure. This one only restores the previous
+        handlers.
         """
-        with super().capture_signals():
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signals can only be handled in the main thread
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in _HANDLED_SIGNALS}
+        try:
             yield
-            self._captured_signals.clear()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def run(settings: Settings) -> int:
     """Serve the gateway until SIGINT/SIGTERM; return the exit code."""
-    log_config = logging_config(settings.log_level, json=settings.log_json)
+    server_config, log_level = settings.server, settings.logging.level
+    log_config = logging_config(log_level, json=settings.logging.json)
     logging.config.dictConfig(log_config)
     try:
         app = create_app(settings)
@@ -182,20 +253,20 @@ def run(settings: Settings) -> int:
         return 2
     config = uvicorn.Config(
         app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
+        host=server_config.host,
+        port=server_config.port,
+        log_level=log_level,
         log_config=log_config,
         loop="uvloop",
         http=bounded_http_protocol(DEFAULT_MAX_HEAD_BYTES),
         lifespan="on",
-        timeout_graceful_shutdown=int(settings.drain_timeout) + 10,
+        timeout_graceful_shutdown=int(server_config.drain_timeout) + 10,
     )
     problem = _check_store(settings)
     if problem is not None:
         log.error("cannot start: %s", problem)
         return 1
-    server = _GatewayServer(config, app, settings.drain_timeout)
+    server = _GatewayServer(config, app, server_config.drain_timeout)
     _tune_gc()
     with _asyncio_declared():
         server.run()

@@ -1,54 +1,27 @@
-"""The gateway's limits: request body size, prompt size, request rate and running streams per
-key, subscribers per stream, and the memory a slow client may hold.
-
-Each limit answers with a JSON error that says which limit was hit (docs/security.md):
+"""Request size limits: the body's bytes, and the messages and text of a prompt.
 
 =========================  ======  ==================================  ====================
-limit                      status  code                                setting
+limit                      status  code                                option
 =========================  ======  ==================================  ====================
-request body bytes         413     ``payload_too_large``               ``max_body_bytes``
-messages per request       422     ``too_many_messages``               ``max_messages``
-prompt characters          422     ``prompt_too_long``                 ``max_prompt_chars``
-requests per second / key  429     ``rate_limited`` + ``Retry-After``  ``rate_limit``,
-                                                                       ``rate_burst``
-running streams / key      429     ``too_many_streams`` + Retry-After  ``max_streams_per_key``
-subscribers per stream     429     ``too_many_subscribers``            ``max_subscribers_…``
+request body bytes         413     ``payload_too_large``               ``--max-body-bytes``
+messages per request       422     ``too_many_messages``               ``--max-messages``
+prompt characters          422     ``prompt_too_long``                 ``--max-prompt-chars``
 =========================  ======  ==================================  ====================
 
-(The OpenAI-compatible routes answer the two prompt limits with 400, as OpenAI does.)
-
-Per-key limits hold per process: with several instances behind a load balancer, a key may run
-``max_streams_per_key`` streams and make ``rate_limit`` requests per second on *each*.
+(The OpenAI-compatible routes answer the two prompt limits with 400, as OpenAI does.) The
+request rate and running streams per key are in :mod:`._quota`; docs/security.md lists every
+limit.
 """
 
 from __future__ import annotations
 
-import math
-import time
-from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
-from starlette.middleware.cors import CORSMiddleware
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .._jobs import JobObserver
-from .._response import CloseReason, EventSourceResponse
-from ..store import StreamInfo, StreamStatus
-from ._errors import ApiError
-
-__all__ = [
-    "BodyLimitMiddleware",
-    "EventStreamTracker",
-    "JsonCORSMiddleware",
-    "PromptLimitError",
-    "RateLimiter",
-    "StreamQuota",
-    "TrackedEventSourceResponse",
-    "check_prompt",
-]
+__all__ = ["BodyLimitMiddleware", "PromptLimitError", "check_prompt"]
 
 
 # -- request body ------------------------------------------------------------------------------
@@ -192,177 +165,3 @@ def check_prompt(messages: Sequence[Any], *, max_messages: int, max_chars: int) 
                 f"the messages hold more than {max_chars} characters of text",
                 "messages",
             )
-
-
-# -- request rate ------------------------------------------------------------------------------
-
-
-class RateLimiter:
-    """A token bucket per identity: ``rate`` requests per second, bursts of up to ``burst``.
-
-    Memory is bounded: at most ``max_identities`` buckets are kept, the least recently used
-    one is dropped first (a dropped bucket comes back full, which only errs on the lenient
-    side, and only for an identity idle longer than every other).
-    """
-
-    def __init__(
-        self,
-        rate: float,
-        burst: int,
-        *,
-        max_identities: int = 10_000,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        if not (rate > 0 and math.isfinite(rate)):
-            raise ValueError("rate must be a positive number of requests per second")
-        if burst < 1:
-            raise ValueError("burst must be at least 1")
-        self.rate = rate
-        self.burst = burst
-        self._max = max_identities
-        self._clock = clock
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-
-    def acquire(self, identity: str) -> float:
-        """Take one request from ``identity``'s bucket: ``0.0`` if allowed, else the seconds
-        until the next request would be."""
-        now = self._clock()
-        tokens, last = self._buckets.pop(identity, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
-        wait = 0.0
-        if tokens >= 1.0:
-            tokens -= 1.0
-        else:
-            wait = (1.0 - tokens) / self.rate
-        self._buckets[identity] = (tokens, now)
-        while len(self._buckets) > self._max:
-            self._buckets.popitem(last=False)
-        return wait
-
-    def __len__(self) -> int:
-        return len(self._buckets)
-
-
-# -- running streams per key -------------------------------------------------------------------
-
-
-class StreamQuota(JobObserver):
-    """Counts running streams per owner (a :class:`JobObserver` of the job manager) and
-    refuses a new one past ``limit`` (0: no limit) with 429."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._running: Counter[str] = Counter()
-        self._pending: Counter[str] = Counter()
-        self._owners: dict[str, str] = {}
-
-    def running(self, owner: str) -> int:
-        """How many streams ``owner`` runs in this process."""
-        return self._running[owner]
-
-    @contextmanager
-    def reserve(self, owner: str | None) -> Iterator[None]:
-        """Hold a place for one more stream of ``owner`` while it is being started.
-
-        Raises :class:`ApiError` 429 when the owner is at the limit. Streams being started
-        count too, so concurrent requests can't all pass the check before any has started.
-        """
-        if owner is None or not self.limit:
-            yield
-            return
-        if self._running[owner] + self._pending[owner] >= self.limit:
-            raise ApiError(
-                429,
-                "too_many_streams",
-                f"this key already runs {self.limit} streams, the most it may; "
-                "wait for one to finish or cancel one",
-                headers={"Retry-After": "5"},
-            )
-        self._pending[owner] += 1
-        try:
-            yield
-        finally:
-            self._pending[owner] -= 1
-            if not self._pending[owner]:
-                del self._pending[owner]
-
-    def on_start(self, info: StreamInfo) -> None:
-        if info.owner is not None:
-            self._owners[info.id] = info.owner
-            self._running[info.owner] += 1
-
-    def on_finish(
-        self,
-        stream_id: str,
-        status: StreamStatus,
-        cause: str | None,
-        duration: float,
-        usage: dict[str, Any] | None,
-    ) -> None:
-        owner = self._owners.pop(stream_id, None)
-        if owner is not None:
-            self._running[owner] -= 1
-            if self._running[owner] <= 0:
-                del self._running[owner]
-
-
-# -- slow clients ------------------------------------------------------------------------------
-
-
-class EventStreamTracker:
-    """The gateway's open event-stream responses: how many bytes they hold for slow clients,
-    and how many ended for each :class:`CloseReason` (``send_timeout``: a client that stopped
-    reading and was dropped)."""
-
-    def __init__(self) -> None:
-        self._live: set[EventSourceResponse] = set()
-        self.closed: Counter[CloseReason] = Counter()
-        #: Called with each response once it has ended (keep them quick).
-        self.on_close: list[Callable[[EventSourceResponse], None]] = []
-
-    def live(self) -> list[EventSourceResponse]:
-        """The responses streaming now."""
-        return list(self._live)
-
-    def _opened(self, response: EventSourceResponse) -> None:
-        self._live.add(response)
-
-    def _closed(self, response: EventSourceResponse) -> None:
-        self._live.discard(response)
-        if response.close_reason is not None:
-            self.closed[response.close_reason] += 1
-        for callback in self.on_close:
-            callback(response)
-
-
-class TrackedEventSourceResponse(EventSourceResponse):
-    """An :class:`EventSourceResponse` that a :class:`EventStreamTracker` counts while open."""
-
-    def __init__(self, *args: Any, tracker: EventStreamTracker, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._tracker = tracker
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self._tracker._opened(self)
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self._tracker._closed(self)
-
-
-# -- CORS ----------------------------------------------------------------------------------------
-
-
-class JsonCORSMiddleware(CORSMiddleware):
-    """Starlette's CORS, with a refused preflight answered in JSON like every other error."""
-
-    def preflight_response(self, request_headers: Any) -> Response:
-        response = super().preflight_response(request_headers)
-        if response.status_code == 200 or not isinstance(response, PlainTextResponse):
-            return response
-        reason = bytes(response.body).decode("utf-8", "replace")
-        refused = JSONResponse(
-            {"error": {"code": "cors_refused", "message": reason}}, status_code=400
-        )
-        refused.headers["vary"] = "Origin"
-        return refused

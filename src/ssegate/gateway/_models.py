@@ -192,28 +192,32 @@ def build_registry(
     A model map's ``api_key_env`` variables are looked up in ``environ`` (default:
     ``os.environ``) here, once; a variable that is not set is a ``ValueError``.
     """
-    if settings.model_map:
+    if settings.upstream.model_map:
         return _registry_from_map(
-            settings, load_model_map(settings.model_map), os.environ if environ is None else environ
+            settings,
+            load_model_map(settings.upstream.model_map),
+            os.environ if environ is None else environ,
         )
     registry = ModelRegistry()
-    kind = settings.provider
+    kind = settings.upstream.provider
     if kind == "demo":
-        provider = create_provider("demo", demo_rate=settings.demo_tokens_per_second or None)
+        provider = create_provider("demo", demo_rate=settings.upstream.demo_rate or None)
         registry.add(
-            ModelRoute(settings.model or DEMO_MODEL, provider, DEMO_MODEL, "demo", "ssegate")
+            ModelRoute(
+                settings.upstream.model or DEMO_MODEL, provider, DEMO_MODEL, "demo", "ssegate"
+            )
         )
         return registry
-    if not settings.model:
+    if not settings.upstream.model:
         raise ValueError(f"--model is required with --provider {kind}")
     provider = create_provider(
         kind,
-        base_url=settings.base_url,
-        api_key=settings.api_key,
-        connect_timeout=settings.upstream_connect_timeout,
-        idle_timeout=settings.upstream_idle_timeout,
+        base_url=settings.upstream.base_url,
+        api_key=settings.upstream.api_key,
+        connect_timeout=settings.upstream.connect_timeout,
+        idle_timeout=settings.upstream.idle_timeout,
     )
-    registry.add(ModelRoute(settings.model, provider, settings.model, kind, kind))
+    registry.add(ModelRoute(settings.upstream.model, provider, settings.upstream.model, kind, kind))
     return registry
 
 
@@ -239,9 +243,9 @@ def _registry_from_map(
                 kind=spec.provider,
                 base_url=spec.base_url,
                 api_key=api_key,
-                connect_timeout=settings.upstream_connect_timeout,
-                idle_timeout=settings.upstream_idle_timeout,
-                demo_rate=settings.demo_tokens_per_second or None,
+                connect_timeout=settings.upstream.connect_timeout,
+                idle_timeout=settings.upstream.idle_timeout,
+                demo_rate=settings.upstream.demo_rate or None,
             )
         except ValueError as exc:
             raise ValueError(f"model {spec.name!r}: {exc}") from None

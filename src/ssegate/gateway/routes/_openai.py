@@ -44,7 +44,8 @@ from starlette.types import Receive, Scope, Send
 from ...providers import ChatRequest, Provider
 from ...store import StoredEvent, StoreError, StreamInfo
 from .._auth import GatewaySecurity, caller_of, security_of
-from .._limits import PromptLimitError, TrackedEventSourceResponse, check_prompt
+from .._event_streams import TrackedEventSourceResponse
+from .._limits import PromptLimitError, check_prompt
 from .._models import ModelRoute, UnknownModelError
 from .._state import GatewayState, state_of
 from ._openai_chunks import Chunks, Completion, event_data
@@ -82,7 +83,9 @@ def _check_prompt(state: GatewayState, body: ChatCompletionRequest) -> None:
     settings = state.settings
     try:
         check_prompt(
-            body.messages, max_messages=settings.max_messages, max_chars=settings.max_prompt_chars
+            body.messages,
+            max_messages=settings.limits.max_messages,
+            max_chars=settings.limits.max_prompt_chars,
         )
     except PromptLimitError as exc:
         # 400, as OpenAI answers a context that is too long (the SDK's BadRequestError).
@@ -118,10 +121,10 @@ async def _start(
             model_label=route.name,
             owner=owner,
             on_disconnect="continue"
-            if (policy or settings.on_disconnect) == "continue"
+            if (policy or settings.streams.on_disconnect) == "continue"
             else "cancel",
-            grace=settings.disconnect_grace,
-            max_duration=settings.max_stream_duration,
+            grace=settings.streams.disconnect_grace,
+            max_duration=settings.streams.max_stream_duration,
         )
     if content_log is not None and logged is not None:
         logged.stream_id = info.id  # before the job's task first runs
@@ -187,7 +190,7 @@ class _CompletionStream(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state, stream_id = self._state, self._info.id
-        interval = state.settings.heartbeat_interval or None
+        interval = state.settings.streams.heartbeat_interval or None
         wait = min(_FIRST_EVENT_WAIT, interval or _FIRST_EVENT_WAIT)
         async with state.store.subscriber(stream_id):
             response: Response
@@ -205,7 +208,7 @@ class _CompletionStream(Response):
                         headers=stream_headers(stream_id),
                         ping_interval=interval,
                         retry=None,
-                        send_timeout=settings.send_timeout or None,
+                        send_timeout=settings.streams.send_timeout or None,
                         shutdown=state.shutdown,
                         tracker=self._security.event_streams,
                     )

@@ -36,7 +36,8 @@ from ...store import (
 )
 from .._auth import Caller, GatewaySecurity, caller_of, security_of
 from .._errors import ApiError
-from .._limits import PromptLimitError, TrackedEventSourceResponse, check_prompt
+from .._event_streams import TrackedEventSourceResponse
+from .._limits import PromptLimitError, check_prompt
 from .._models import UnknownModelError
 from .._state import GatewayState, state_of
 
@@ -161,9 +162,9 @@ def event_stream_response(
         _events(state, stream_id, after),
         status_code=status_code,
         headers={_STREAM_ID_HEADER: stream_id, **(headers or {})},
-        ping_interval=settings.heartbeat_interval or None,
-        retry=settings.retry_ms,
-        send_timeout=settings.send_timeout or None,
+        ping_interval=settings.streams.heartbeat_interval or None,
+        retry=settings.streams.retry_ms or None,
+        send_timeout=settings.streams.send_timeout or None,
         shutdown=state.shutdown,
         tracker=security.event_streams,
     )
@@ -199,8 +200,8 @@ async def start_stream(
     try:
         check_prompt(
             body.messages,
-            max_messages=settings.max_messages,
-            max_chars=settings.max_prompt_chars,
+            max_messages=settings.limits.max_messages,
+            max_chars=settings.limits.max_prompt_chars,
         )
     except PromptLimitError as exc:
         raise ApiError(422, exc.code, exc.message) from None
@@ -225,9 +226,9 @@ async def start_stream(
                 model_label=route.name,
                 start_extra=_start_token(security),
                 owner=owner,
-                on_disconnect=body.on_disconnect or settings.on_disconnect,
-                grace=settings.disconnect_grace,
-                max_duration=settings.max_stream_duration,
+                on_disconnect=body.on_disconnect or settings.streams.on_disconnect,
+                grace=settings.streams.disconnect_grace,
+                max_duration=settings.streams.max_stream_duration,
             )
     except ShuttingDownError:
         raise ApiError(
@@ -346,7 +347,7 @@ async def stream_events(
         )
     if info.status is not StreamStatus.RUNNING and after == info.last_event_id:
         return Response(status_code=204, headers={_STREAM_ID_HEADER: stream_id})
-    limit = state.settings.max_subscribers_per_stream
+    limit = state.settings.limits.max_subscribers_per_stream
     if limit and info.subscribers >= limit:
         raise ApiError(
             429,

@@ -1,0 +1,54 @@
+"""The gateway's open event-stream responses: what they hold for slow clients, how they ended."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from starlette.types import Receive, Scope, Send
+
+from .._response import CloseReason, EventSourceResponse
+
+__all__ = ["EventStreamTracker", "TrackedEventSourceResponse"]
+
+
+class EventStreamTracker:
+    """The gateway's open event-stream responses: how many bytes they hold for slow clients,
+    and how many ended for each :class:`CloseReason` (``send_timeout``: a client that stopped
+    reading and was dropped)."""
+
+    def __init__(self) -> None:
+        self._live: set[EventSourceResponse] = set()
+        self.closed: Counter[CloseReason] = Counter()
+        #: Called with each response once it has ended (keep them quick).
+        self.on_close: list[Callable[[EventSourceResponse], None]] = []
+
+    def live(self) -> list[EventSourceResponse]:
+        """The responses streaming now."""
+        return list(self._live)
+
+    def _opened(self, response: EventSourceResponse) -> None:
+        self._live.add(response)
+
+    def _closed(self, response: EventSourceResponse) -> None:
+        self._live.discard(response)
+        if response.close_reason is not None:
+            self.closed[response.close_reason] += 1
+        for callback in self.on_close:
+            callback(response)
+
+
+class TrackedEventSourceResponse(EventSourceResponse):
+    """An :class:`EventSourceResponse` that a :class:`EventStreamTracker` counts while open."""
+
+    def __init__(self, *args: Any, tracker: EventStreamTracker, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._tracker = tracker
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._tracker._opened(self)
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._tracker._closed(self)
