@@ -258,6 +258,17 @@ def test_a_tampered_or_foreign_token_fails(client: httpx.Client) -> None:
     assert client.get(f"/v1/streams/{sid}", params={"token": forged}).status_code == 401
 
 
+def test_a_token_with_a_non_canonical_expiry_fails(client: httpx.Client) -> None:
+    created = start(client, ALICE)
+    version, expires, signature = created["token"].split(".")
+    for spelling in (f"0{expires}", f"00{expires}"):
+        token = f"{version}.{spelling}.{signature}"  # the same number, signed the same
+        response = client.get(f"/v1/streams/{created['id']}", params={"token": token})
+        assert response.status_code == 401, spelling
+        assert response.json()["error"]["code"] == "invalid_token"
+    assert client.get(created["status_url"]).status_code == 200
+
+
 def test_an_expired_token_fails(gw: Gateway, client: httpx.Client) -> None:
     sid = start(client, ALICE)["id"]
     keys = KeyRing.from_config(gw.settings.security)

@@ -3,9 +3,9 @@ headers (``EventSource``).
 
 An API key never goes in a URL, so starting a stream also returns a token that lets its holder
 read that one stream (``?token=`` on its events and status URLs) — not cancel it, not read any
-other. A token is ``v1.<expiry>.<HMAC-SHA256(secret, stream id, expiry)>``: any instance with
-the same secret (``--token-secret``, or else derived from the keys) verifies it without a
-lookup.
+other. A token is ``v1.<expiry>.<HMAC-SHA256(secret, stream id, expiry)>`` with the expiry in
+canonical form (Unix seconds, no leading zero): any instance with the same secret
+(``--token-secret``, or else derived from the keys) verifies it without a lookup.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from ._settings import Settings
 
 __all__ = ["ReadTokens"]
 
-_TOKEN = re.compile(r"v1\.([0-9]{1,12})\.([A-Za-z0-9_-]{24})")
+# The expiry in canonical form only: the signature covers the number, so "v1.0<expiry>.<sig>"
+# would otherwise verify too, and one token would have many spellings.
+_TOKEN = re.compile(r"v1\.([1-9][0-9]{0,11})\.([A-Za-z0-9_-]{24})")
 
 
 class ReadTokens:
