@@ -27,6 +27,7 @@ from ssegate import Decoder
 from ssegate.gateway import SecurityConfig, Settings
 from ssegate.gateway._auth import bind_refusal
 from ssegate.gateway._keys import KeyRing, parse_key_entries, split_key_entries
+from ssegate.gateway._logging import redact_tokens
 from ssegate.gateway._tokens import ReadTokens
 
 ALICE = "sk-alice-4f1c2b9e7d6a5c3b"
@@ -269,6 +270,38 @@ def test_a_token_with_a_non_canonical_expiry_fails(client: httpx.Client) -> None
     assert client.get(created["status_url"]).status_code == 200
 
 
+def test_a_query_naming_the_token_twice_or_encoded_is_refused(client: httpx.Client) -> None:
+    created = start(client, ALICE)
+    sid, token = created["id"], created["token"]
+    base = f"/v1/streams/{sid}"
+    for query in (
+        f"token={token}&token={token}",
+        f"toke%6e={token}",
+        f"%74oken={token}",
+        f"x_token=1&toke%6E={token}",
+    ):
+        response = client.get(f"{base}?{query}")
+        assert response.status_code == 400, query
+        assert response.json()["error"]["code"] == "invalid_token_parameter"
+    assert client.get(f"{base}?x_token=1&token={token}").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("line", "redacted"),
+    [
+        ("GET /v1/streams/s/events?token=SECRET HTTP/1.1", "?token=[redacted]"),
+        ("GET /v1/streams/s/events?x_token=1&toke%6e=SECRET", "&toke%6e=[redacted]"),
+        ("GET /v1/streams/s?%74oken=SECRET&a=b", "?%74oken=[redacted]&a=b"),
+        ("GET /v1/streams/s?TOKEN=SECRET", "?TOKEN=[redacted]"),
+        ("GET /v1/streams/s?a=1&t%6Fken=SECRET#x", "&t%6Fken=[redacted]"),
+    ],
+)
+def test_access_lines_are_redacted_after_decoding(line: str, redacted: str) -> None:
+    out = redact_tokens(line)
+    assert "SECRET" not in out
+    assert redacted in out
+
+
 def test_an_expired_token_fails(gw: Gateway, client: httpx.Client) -> None:
     sid = start(client, ALICE)["id"]
     keys = KeyRing.from_config(gw.settings.security)
@@ -465,6 +498,10 @@ def test_json_logs_have_one_line_per_stream_and_no_secrets() -> None:
             assert response.status_code == 200
             response.read()
         assert httpx.get(url + "/v1/models", headers=auth(BOB)).status_code == 401
+        # The token under an encoded name, beside a decoy whose name ends in "token": refused,
+        # and redacted from the access line all the same.
+        sneaky = f"{url}/v1/streams/{created['id']}/events?x_token=1&toke%6e={created['token']}"
+        assert httpx.get(sneaky).status_code == 400
     finally:
         process.send_signal(signal.SIGTERM)
         _, rest = process.communicate(timeout=30)

@@ -4,7 +4,9 @@
 * **Ownership**: a stream records the owner id of the key that started it, and only that key
   may read, resume or cancel it; for anyone else it does not exist (404).
 * **Read tokens** (:mod:`._tokens`): ``?token=`` on a stream's events and status URLs lets its
-  holder read that one stream.
+  holder read that one stream. The query must name ``token`` once, spelled plainly (a query
+  with two, or with the name percent-encoded, is refused: what the access log redacts and what
+  the auth reads must be the same parameter).
 * With no keys the gateway is open, and ``ssegate serve`` refuses to listen on anything but a
   loopback address unless ``--insecure`` is given (:func:`bind_refusal`).
 
@@ -21,7 +23,7 @@ import math
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_to_bytes
 
 from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse, Response
@@ -107,15 +109,30 @@ def _unauthorized(scope: Scope, code: str, message: str) -> Response:
     return _error(scope, 401, code, message, {"WWW-Authenticate": challenge})
 
 
+class _TokenQueryError(Exception):
+    """The query names ``token`` twice, or spells its name percent-encoded."""
+
+
 def _query_token(scope: Scope) -> str | None:
-    """The ``token`` parameter of the request's query, if any."""
+    """The ``token`` parameter of the request's query, if any.
+
+    Raises :class:`_TokenQueryError` for a query that names it more than once, or with an
+    encoded name (``toke%6e``): a log redaction or a proxy rule looking for ``token=`` could
+    miss that one, so it must not authenticate.
+    """
     query: bytes = scope.get("query_string", b"")
-    if b"token" not in query:
+    if b"token" not in query and b"%" not in query:
         return None
-    for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
-        if name == "token":
-            return value
-    return None
+    found: str | None = None
+    for part in query.split(b"&"):
+        raw_name, _, raw_value = part.partition(b"=")
+        name = unquote_to_bytes(raw_name.replace(b"+", b" "))
+        if name != b"token":
+            continue
+        if raw_name != b"token" or found is not None:
+            raise _TokenQueryError
+        found = unquote_to_bytes(raw_value.replace(b"+", b" ")).decode("latin-1")
+    return found
 
 
 class AuthMiddleware:
@@ -181,7 +198,11 @@ class AuthMiddleware:
             if key is None:
                 return _unauthorized(scope, "invalid_api_key", "the API key is not valid")
             return Caller(owner=key.owner)
-        token = _query_token(scope)
+        try:
+            token = _query_token(scope)
+        except _TokenQueryError:
+            message = "send the read token once, as '?token=…' (its name not percent-encoded)"
+            return _error(scope, 400, "invalid_token_parameter", message, {})
         if token is not None:
             return self._token_caller(scope, token)
         return _unauthorized(

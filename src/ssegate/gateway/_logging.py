@@ -5,7 +5,8 @@
 * :class:`StreamLog` is a job observer that writes one line per stream when it ends: id, key
   owner, model, status, cause, duration and usage (logger ``ssegate.streams``).
 * API keys are never logged (the gateway knows keys by their owner id), and read tokens are
-  cut out of access-log URLs (:class:`RedactTokens`).
+  cut out of access-log URLs, whatever the spelling of their parameter's name
+  (:class:`RedactTokens`).
 * Prompts and answers are logged only with ``--log-content`` (:class:`ContentLog`, logger
   ``ssegate.content``), and then cut at :data:`CONTENT_LIMIT` characters each.
 
@@ -22,6 +23,7 @@ import time
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from typing import Any
+from urllib.parse import unquote_plus
 
 import orjson
 
@@ -38,6 +40,7 @@ __all__ = [
     "TextFormatter",
     "configure_logging",
     "logging_config",
+    "redact_tokens",
 ]
 
 #: The most characters of one prompt or answer that ``--log-content`` writes.
@@ -94,7 +97,24 @@ def _text_value(value: Any) -> str:
     return orjson.dumps(value, default=str).decode()
 
 
-_TOKEN_IN_URL = re.compile(r"([?&]token=)[^&\s]*")
+_QUERY = re.compile(r"\?[^\s\"]*")
+
+
+def _redact_param(part: str) -> str:
+    name, sep, _ = part.partition("=")
+    decoded = unquote_plus(name, errors="replace")
+    return f"{name}{sep}[redacted]" if sep and decoded.lower() == "token" else part
+
+
+def _redact_query(match: re.Match[str]) -> str:
+    return "?" + "&".join(_redact_param(part) for part in match[0][1:].split("&"))
+
+
+def redact_tokens(text: str) -> str:
+    """``text`` with the value of every query parameter named ``token`` replaced by
+    ``[redacted]``; the name is compared after percent-decoding (``toke%6e=`` is ``token=``)
+    and without regard to case, so no spelling the auth might read slips through."""
+    return _QUERY.sub(_redact_query, text) if "?" in text else text
 
 
 class RedactTokens(logging.Filter):
@@ -106,12 +126,10 @@ class RedactTokens(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
-        if isinstance(args, tuple) and any(isinstance(a, str) and "token=" in a for a in args):
-            record.args = tuple(
-                _TOKEN_IN_URL.sub(r"\1[redacted]", a) if isinstance(a, str) else a for a in args
-            )
-        elif isinstance(record.msg, str) and "token=" in record.msg:
-            record.msg = _TOKEN_IN_URL.sub(r"\1[redacted]", record.msg)
+        if isinstance(args, tuple) and any(isinstance(a, str) and "?" in a for a in args):
+            record.args = tuple(redact_tokens(a) if isinstance(a, str) else a for a in args)
+        elif isinstance(record.msg, str) and "?" in record.msg:
+            record.msg = redact_tokens(record.msg)
         return True
 
 
