@@ -302,6 +302,27 @@ def test_access_lines_are_redacted_after_decoding(line: str, redacted: str) -> N
     assert redacted in out
 
 
+def test_read_token_requests_are_rate_limited_per_stream() -> None:
+    rate, burst = 0.5, 20
+    with (
+        running_gateway(api_keys=KEYS, rate_limit=rate, rate_burst=burst) as gw,
+        httpx.Client(base_url=gw.url, timeout=10.0) as client,
+    ):
+        first, second = start(client, ALICE), start(client, ALICE)
+        began = time.monotonic()
+        codes = [client.get(first["status_url"]).status_code for _ in range(60)]
+        refills = rate * (time.monotonic() - began)
+        assert burst <= codes.count(200) <= burst + refills + 1, codes
+        assert set(codes) == {200, 429}
+        refused = client.get(first["status_url"])
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "rate_limited"
+        assert int(refused.headers["retry-after"]) >= 1
+        # Another stream's tokens, and the key itself, have buckets of their own.
+        assert client.get(second["status_url"]).status_code == 200
+        assert client.get(f"/v1/streams/{first['id']}", headers=auth(ALICE)).status_code == 200
+
+
 def test_an_expired_token_fails(gw: Gateway, client: httpx.Client) -> None:
     sid = start(client, ALICE)["id"]
     keys = KeyRing.from_config(gw.settings.security)

@@ -107,6 +107,7 @@ def _security(settings: Settings) -> GatewaySecurity:
         keys=keyring,
         tokens=tokens,
         limiter=RateLimiter(rate, limits.rate_burst) if rate > 0 else None,
+        token_limiter=RateLimiter(rate, limits.rate_burst) if rate > 0 else None,
         quota=StreamQuota(limits.max_streams_per_key),
         event_streams=EventStreamTracker(),
         stream_log=StreamLog(),
@@ -123,6 +124,7 @@ def _install_middleware(app: FastAPI, settings: Settings, security: GatewaySecur
             keys=security.keys,
             tokens=security.tokens,
             limiter=security.limiter,
+            token_limiter=security.token_limiter,
         )
     origins = settings.security.cors_origins
     if origins:

@@ -12,7 +12,7 @@
 
 :class:`AuthMiddleware` checks every request under ``/v1/`` before the app reads its body:
 ``401`` (with ``WWW-Authenticate: Bearer``) for a missing or wrong key or a bad token, then the
-key's request rate (``429``). Routes find
+request rate (``429``): per key, and per stream for requests with a read token. Routes find
 the result with :func:`caller_of`, and the app's security objects with :func:`security_of`.
 """
 
@@ -136,7 +136,8 @@ def _query_token(scope: Scope) -> str | None:
 
 
 class AuthMiddleware:
-    """Authenticate every ``/v1/`` request (key or read token) and apply the key's rate."""
+    """Authenticate every ``/v1/`` request (key or read token) and apply its rate: per key
+    (``limiter``), per stream for read tokens (``token_limiter``)."""
 
     def __init__(
         self,
@@ -144,11 +145,13 @@ class AuthMiddleware:
         keys: KeyRing,
         tokens: ReadTokens,
         limiter: RateLimiter | None,
+        token_limiter: RateLimiter | None,
     ) -> None:
         self.app = app
         self.keys = keys
         self.tokens = tokens
         self.limiter = limiter
+        self.token_limiter = token_limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -169,16 +172,23 @@ class AuthMiddleware:
         await self.app(scope, receive, send)
 
     def _rate_limited(self, scope: Scope, caller: Caller) -> Caller | Response:
-        """``caller``, or a 429 if its key is over the rate."""
-        limiter = self.limiter
-        if limiter is None or caller.owner is None:
+        """``caller``, or a 429 if its key (or, with a read token, its stream) is over the
+        rate."""
+        if caller.owner is not None:
+            limiter, identity, whose = self.limiter, caller.owner, "this key"
+        elif caller.stream_id is not None:
+            limiter, identity = self.token_limiter, caller.stream_id
+            whose = "this stream's read tokens"
+        else:
             return caller
-        wait = limiter.acquire(caller.owner)
+        if limiter is None:
+            return caller
+        wait = limiter.acquire(identity)
         if wait <= 0:
             return caller
         retry_after = str(max(1, math.ceil(wait)))
         message = (
-            f"too many requests for this key (limit {limiter.rate:g}/s, bursts of "
+            f"too many requests for {whose} (limit {limiter.rate:g}/s, bursts of "
             f"{limiter.burst}); retry after {retry_after} s"
         )
         return _error(scope, 429, "rate_limited", message, {"Retry-After": retry_after})
@@ -257,13 +267,14 @@ def bind_refusal(settings: Settings) -> str | None:
 class GatewaySecurity:
     """The access and limit objects of one app, made by ``create_app`` from its settings.
 
-    ``keys``/``tokens`` are ``None`` on an open gateway; ``limiter`` (per key) is ``None``
-    without a rate limit.
+    ``keys``/``tokens`` are ``None`` on an open gateway; ``limiter`` (per key) and
+    ``token_limiter`` (per stream, for read tokens) are ``None`` without a rate limit.
     """
 
     keys: KeyRing | None
     tokens: ReadTokens | None
     limiter: RateLimiter | None
+    token_limiter: RateLimiter | None
     quota: StreamQuota
     event_streams: EventStreamTracker
     stream_log: StreamLog

@@ -4,7 +4,7 @@
 limit                      status  code                                option
 =========================  ======  ==================================  =========================
 requests per second / key  429     ``rate_limited`` + ``Retry-After``  ``--rate-limit``,
-                                                                       ``--rate-burst``
+(and / stream, read token)                                             ``--rate-burst``
 running streams / key      429     ``too_many_streams`` + Retry-After  ``--max-streams-per-key``
 =========================  ======  ==================================  =========================
 

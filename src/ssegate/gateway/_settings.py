@@ -252,12 +252,14 @@ class LimitsConfig:
     )
     rate_limit: float = option(
         20.0,
-        "Requests per second per API key, per instance (429 with Retry-After; 0 = no limit).",
+        "Requests per second per API key, and per stream for requests with a read token, per "
+        "instance (429 with Retry-After; 0 = no limit).",
         minimum=0,
     )
     rate_burst: int = option(
         100,
-        "Requests an API key may make at once before --rate-limit applies.",
+        "Requests an API key (or a stream's read tokens) may make at once before --rate-limit "
+        "applies.",
         minimum=1,
     )
     max_subscribers_per_stream: int = option(
