@@ -61,6 +61,7 @@ def test_flags_and_variables_reach_their_groups(clean_env: pytest.MonkeyPatch) -
             "--provider", "openai",
             "--model", "m",
             "--api-key-env", "UPSTREAM_KEY",
+            "--head-timeout", "2.5",
             "--max-subscribers", "9",
         ]
     )  # fmt: skip
@@ -70,6 +71,7 @@ def test_flags_and_variables_reach_their_groups(clean_env: pytest.MonkeyPatch) -
     assert settings.security.api_keys == ("a:sk-aaaaaaaaaaaaaaaa", "sk-bbbbbbbbbbbbbbbb")
     assert settings.upstream.api_key == "sk-upstream"
     assert settings.logging.json is True
+    assert settings.server.head_timeout == 2.5
     assert settings.limits.max_subscribers_per_stream == 9
     # The flag wins over its variable.
     assert serve_settings(["--heartbeat", "4"]).streams.heartbeat_interval == 4.0

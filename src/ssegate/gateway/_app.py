@@ -260,7 +260,11 @@ def run(settings: Settings) -> int:
         log_level=log_level,
         log_config=log_config,
         loop="uvloop",
-        http=bounded_http_protocol(DEFAULT_MAX_HEAD_BYTES),
+        http=bounded_http_protocol(
+            DEFAULT_MAX_HEAD_BYTES,
+            head_timeout=server_config.head_timeout,
+            body_timeout=server_config.body_timeout,
+        ),
         lifespan="on",
         timeout_graceful_shutdown=int(server_config.drain_timeout) + 10,
     )

@@ -36,10 +36,24 @@ _STORE_SCHEMES = ("redis://", "rediss://", "unix://")
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    """Where the gateway listens, and how it stops."""
+    """Where the gateway listens, how long a client may take to send a request, and how it
+    stops."""
 
     host: str = option("127.0.0.1", "Address to bind.")
     port: int = option(8000, "Port to bind.", minimum=0, maximum=65535)
+    head_timeout: float = option(
+        10.0,
+        "Seconds a client has to send a request's head (request line and headers), counted "
+        "from when its connection opens or its next request starts; then 408 and the "
+        "connection closes. An idle keep-alive connection closes after 5 s.",
+        minimum=0.01,
+    )
+    body_timeout: float = option(
+        60.0,
+        "Seconds a client has to send a request's body once its head arrived; then 408 and "
+        "the connection closes.",
+        minimum=0.01,
+    )
     drain_timeout: float = option(
         30.0, "Seconds in-flight generations get to finish on SIGTERM.", minimum=0
     )
