@@ -13,7 +13,7 @@ import httpx
 
 from gateway_helpers import running_gateway
 from ssegate._chat_client import run_chat
-from ssegate.testing import DroppingProxy
+from ssegate.testing import DroppingProxy, closed_port_url
 
 
 class _Tap(io.StringIO):
@@ -101,3 +101,23 @@ def test_ctrl_c_stops_the_stream_on_the_server() -> None:
         status = httpx.get(f"{gw.url}/v1/streams/{stream_id}").json()
         assert status["status"] == "cancelled"
         assert status["cause"] == "client"
+
+
+def test_chat_with_no_gateway_says_which_url_failed_and_how_to_point_elsewhere() -> None:
+    url = closed_port_url()
+    for args, env in (
+        (["--url", url], {}),
+        ([], {"SSEGATE_URL": url}),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "ssegate", "chat", "hi", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, **env},
+        )
+        assert proc.returncode == 1
+        assert url in proc.stderr, proc.stderr
+        assert "--url" in proc.stderr
+        assert "SSEGATE_URL" in proc.stderr
+        assert "Traceback" not in proc.stderr

@@ -57,6 +57,14 @@ def _headers(api_key: str | None, last_id: int) -> dict[str, str]:
     return headers
 
 
+def _unreachable(base: str, exc: httpx.ConnectError) -> str:
+    return (
+        f"error: no gateway answers at {base} ({exc}).\n"
+        "Start one with 'ssegate serve', or point 'ssegate chat' at yours with "
+        "--url http://host:port or the SSEGATE_URL variable.\n"
+    )
+
+
 def run_chat(
     url: str,
     question: str,
@@ -134,6 +142,9 @@ def run_chat(
                     if outcome is None:
                         raise httpx.RemoteProtocolError("stream ended before its last event")
                 except (httpx.TransportError, httpx.RemoteProtocolError) as exc:
+                    if stream_id is None and isinstance(exc, httpx.ConnectError):
+                        err.write(_unreachable(base, exc))
+                        return 1
                     if stream_id is None or resumes >= _MAX_RESUMES:
                         err.write(f"\nerror: {exc}\n")
                         return 1
