@@ -1,4 +1,6 @@
-# Every target bootstraps its own virtualenv in .venv from pyproject.toml.
+# Every target bootstraps its own virtualenv in .venv from pyproject.toml: `serve` installs the
+# runtime only; `test`, `lint`, `typecheck` add the test extra; `test` also installs the system
+# packages the tests drive when they are missing (.ci/system-deps: chromium, redis-server).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -6,30 +8,37 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 ARGS ?=
 
-.PHONY: serve test lint typecheck check bench bench-quick clean
+.PHONY: serve test system-deps lint typecheck check bench bench-quick clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.test-installed: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
 serve: $(VENV)/.installed  ## run the gateway on $(HOST):$(PORT)
 	$(VENV)/bin/ssegate serve --host $(HOST) --port $(PORT) $(ARGS)
 
-test: $(VENV)/.installed  ## run every test
+system-deps:  ## chromium and redis-server, if missing (apt-get)
+	.ci/system-deps
+
+test: $(VENV)/.test-installed system-deps  ## run every test
 	$(PY) -m pytest $(ARGS)
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
-typecheck: $(VENV)/.installed
+typecheck: $(VENV)/.test-installed
 	$(VENV)/bin/mypy
 
 check: lint typecheck test
 
-$(VENV)/.bench-installed: $(VENV)/.installed
+$(VENV)/.bench-installed: $(VENV)/.test-installed
 	$(PY) -m pip install -q -e '.[test,bench]'
 	touch $@
 
