@@ -3,17 +3,19 @@
 A stream is two tasks in one task group, Starlette's and trio's idiom; whichever ends the
 stream cancels the other:
 
-* the **producer** (the response's own task) pulls items from the content, encodes each and
-  sends it at once: no buffer and no hand-over to another task, so an event costs what a
-  hand-written ``StreamingResponse`` pays for it. The server's ``send()`` is the only buffer
-  (its transport's, up to the server's high-water mark); past it, ``send()`` waits for the
-  client, and so does the producer — memory stays flat for a slow client;
-* the **monitor** (a child task) listens for the client leaving, from the first byte on, by
-  awaiting ``receive()``; and, when a heartbeat, ``send_timeout`` or ``max_duration`` is set,
-  it bounds that wait by the next deadline: it writes a ``: ping`` comment after
-  ``ping_interval`` seconds without a write (only while the producer is not writing), ends
-  the stream when one write has blocked for ``send_timeout``, and ends it after
-  ``max_duration``.
+* the **producer** (a child task) pulls items from the content, encodes each and sends it at
+  once: no buffer and no hand-over to another task, so an event costs what a hand-written
+  ``StreamingResponse`` pays for it (and, as there, the task woken per event is a child, whose
+  chain of coroutines to resume is short, not the server's and every middleware's). The
+  server's ``send()`` is the only buffer (its transport's, up to the server's high-water
+  mark); past it, ``send()`` waits for the client, and so does the producer — memory stays
+  flat for a slow client;
+* the **monitor** (the response's own task) listens for the client leaving, from the first
+  byte on, by awaiting ``receive()``; and, when a heartbeat, ``send_timeout`` or
+  ``max_duration`` is set, it bounds that wait by the next deadline: it writes a ``: ping``
+  comment after ``ping_interval`` seconds without a write (only while the producer is not
+  writing), ends the stream when one write has blocked for ``send_timeout``, and ends it
+  after ``max_duration``.
 
 Where this departs from the letter of the specs:
 
@@ -203,8 +205,11 @@ class EventStream:
                 if shutdown is not None:
                     subscribed = shutdown.subscribe(on_shutdown)
                 if self.reason is None:
-                    tg.start_soon(self.monitor, receive, name="ssegate event stream monitor")
-                    await self.produce()
+                    # The producer is the child: a task woken once per event should resume a
+                    # short chain of coroutines, not the server's and every middleware's
+                    # (measured: 0.7 us per event of a real-socket stream on uvicorn).
+                    tg.start_soon(self.produce, name="ssegate event stream producer")
+                    await self.monitor(receive)
                 tg.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             raise _collapse(group) from None
@@ -253,6 +258,7 @@ class EventStream:
             await self.send(FINAL)
         except OSError:
             self.reason = CloseReason.DISCONNECTED
+        self.end(CloseReason.COMPLETED)  # stop the monitor
 
     async def monitor(self, receive: Receive) -> None:
         """Listen for the client leaving; keep the heartbeat and the time limits."""

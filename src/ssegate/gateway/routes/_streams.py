@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import aclosing
 from typing import Annotated, Any, Literal
 
@@ -27,6 +27,7 @@ from ...providers import ChatRequest, Provider
 from ...store import (
     TERMINAL_EVENTS,
     ProducerLostError,
+    StoredEvent,
     StoreError,
     StoreFullError,
     StreamGapError,
@@ -104,8 +105,9 @@ def _parse_last_event_id(header: str | None, query: str | None) -> int:
     return int(raw)
 
 
-#: Events per write while a reader catches up on kept events (about 16 KiB of tokens).
+#: Kept events read at once while a reader catches up, and the most bytes one write carries.
 _REPLAY_BATCH = 256
+_REPLAY_WRITE = 64 * 1024
 
 
 async def _events(state: GatewayState, stream_id: str, after: int) -> AsyncIterator[bytes]:
@@ -123,7 +125,8 @@ async def _events(state: GatewayState, stream_id: str, after: int) -> AsyncItera
                 kept = await store.read(stream_id, after, _REPLAY_BATCH)
                 if not kept:
                     break
-                yield b"".join([event.encoded for event in kept])
+                for chunk in _joined(kept, _REPLAY_WRITE):
+                    yield chunk
                 after = kept[-1].id
                 if kept[-1].event in TERMINAL_EVENTS:
                     return
@@ -134,6 +137,22 @@ async def _events(state: GatewayState, stream_id: str, after: int) -> AsyncItera
         yield _error_event("not_found", "the stream is gone", retryable=False)
     except StoreError as exc:  # gap, producer_lost, store_unavailable: say so and end
         yield _error_event(exc.code, exc.message, retryable=exc.retryable)
+
+
+def _joined(events: list[StoredEvent], limit: int) -> Iterator[bytes]:
+    """The events' wire bytes in runs of whole events of at most ``limit`` bytes (a larger
+    event goes alone)."""
+    run: list[bytes] = []
+    size = 0
+    for event in events:
+        encoded = event.encoded
+        if run and size + len(encoded) > limit:
+            yield b"".join(run)
+            run, size = [], 0
+        run.append(encoded)
+        size += len(encoded)
+    if run:
+        yield b"".join(run)
 
 
 def _error_event(code: str, message: str, *, retryable: bool) -> bytes:
