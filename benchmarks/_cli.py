@@ -21,7 +21,17 @@ from typing import Any
 
 from . import _scenarios as sc
 from ._peers import STREAM_PEERS
-from ._procs import ROOT, ServerProcess, cpu_count, free_port, peer_process, pin_self
+from ._procs import (
+    BASELINE,
+    BASELINE_SUFFIX,
+    ROOT,
+    ServerProcess,
+    baseline_available,
+    cpu_count,
+    free_port,
+    peer_process,
+    pin_self,
+)
 from ._report import Record, Report, write_docs
 
 SCENARIOS = ("throughput", "latency", "idle", "relay", "stop", "store")
@@ -68,12 +78,17 @@ async def _library_peers(plan: Plan, rep: int, records: list[Record]) -> None:
         async with sc.started(peer_process(peer, cpu=plan.server_cpu)) as proc:
             await sc.warm_up(proc)
             if "throughput" in plan.scenarios:
-                for connections, events in sizes.throughput:
-                    m = await sc.throughput(proc, connections, events, sizes.payload)
+                runs = [("yield", c, e) for c, e in sizes.throughput]
+                runs += [("burst", c, e) for c, e in sizes.burst]
+                for mode, connections, events in runs:
+                    m = await sc.throughput(
+                        proc, connections, events, sizes.payload, burst=mode == "burst"
+                    )
                     records.append(
                         {
                             "scenario": "throughput",
                             "peer": peer,
+                            "mode": mode,
                             "rep": rep,
                             "connections": connections,
                             **m,
@@ -101,23 +116,37 @@ async def _idle(plan: Plan, rep: int, records: list[Record]) -> None:
 
 async def _relay(plan: Plan, rep: int, records: list[Record]) -> None:
     sizes = plan.sizes
+    upstreams = ["http"]
+    if sizes.relay_https_max or sizes.relay_https_paced:
+        upstreams.append("https")
     for peer in _rotated(plan.relay_peers, rep):
-        plan.log(f"[rep {rep + 1}] relay {peer}")
-        async with sc.RelaySetup(
-            peer, server_cpu=plan.server_cpu, load_cpu=plan.load_cpu, store="memory"
-        ) as setup:
-            for streams, tokens in sizes.relay_max:
-                m = await sc.relay_max(setup, streams, tokens)
-                records.append(
-                    {"scenario": "relay_max", "peer": peer, "rep": rep, "streams": streams, **m}
-                )
-            for streams in sizes.relay_paced:
-                m = await sc.relay_paced(
-                    setup, streams, sizes.relay_rate, sizes.relay_seconds, stagger=sizes.stagger
-                )
-                records.append(
-                    {"scenario": "relay_paced", "peer": peer, "rep": rep, "streams": streams, **m}
-                )
+        for upstream in upstreams:
+            plan.log(f"[rep {rep + 1}] relay {peer}, {upstream} upstream")
+            async with sc.RelaySetup(
+                peer,
+                server_cpu=plan.server_cpu,
+                load_cpu=plan.load_cpu,
+                store="memory",
+                upstream=upstream,
+            ) as setup:
+                await _relay_runs(plan, setup, rep, records)
+
+
+async def _relay_runs(plan: Plan, setup: sc.RelaySetup, rep: int, records: list[Record]) -> None:
+    sizes = plan.sizes
+    https = setup.upstream == "https"
+    base = {"peer": setup.peer, "upstream": setup.upstream, "rep": rep}
+    for streams, tokens in sizes.relay_https_max if https else sizes.relay_max:
+        m = await sc.relay_max(setup, streams, tokens)
+        records.append({"scenario": "relay_max", **base, "streams": streams, **m})
+    for streams in sizes.relay_https_paced if https else sizes.relay_paced:
+        m = await sc.relay_paced(
+            setup, streams, sizes.relay_rate, sizes.relay_seconds, stagger=sizes.stagger
+        )
+        records.append({"scenario": "relay_paced", **base, "streams": streams, **m})
+    for streams, tokens in () if https else sizes.relay_start:
+        m = await sc.relay_start(setup, streams, tokens, sizes.relay_rate)
+        records.append({"scenario": "relay_start", **base, "streams": streams, **m})
 
 
 async def _stop(plan: Plan, rep: int, records: list[Record]) -> None:
@@ -250,6 +279,8 @@ def _versions() -> str:
 
 
 def _available(peer: str) -> bool:
+    if peer.endswith(BASELINE_SUFFIX):
+        return baseline_available()
     needs = {
         "sse-starlette": "sse_starlette",
         "aiohttp-sse": "aiohttp_sse",
@@ -310,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for p in missing:
         print(f"skipping peer {p}: unknown or not installed", file=sys.stderr)
     peers = [p for p in peers if p not in missing]
-    relay_peers = [p for p in args.relay_peers.split(",") if p in sc.RELAY_PEERS]
+    relay_peers = [p for p in args.relay_peers.split(",") if p in sc.RELAY_PEERS and _available(p)]
 
     pin = not args.no_pin and cpu_count() >= 2
     server_cpu, load_cpu = (0, 1) if pin else (None, None)
@@ -336,6 +367,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "load_before": _loadavg(),
         "reps": reps,
         "quick": args.quick,
+        "baseline": BASELINE,
     }
     started = time.monotonic()
 

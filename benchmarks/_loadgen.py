@@ -11,7 +11,10 @@ expression per received chunk (C speed), never one Python call per event:
   (receive time − send time, ns) recorded for every event;
 * ``tokens`` — relayed LLM tokens ``"<seq>:<time_ns> "`` wherever they appear in the event
   (OpenAI chunks, gateway ``delta`` events): order checked, latency recorded; the stream must
-  also end with its terminal marker (``data: [DONE]``, ``event: done``).
+  also end with its terminal marker (``data: [DONE]``, ``event: done``); the time from
+  sending the request to the first token is recorded apart (first-token latency).
+
+A connection may be TLS (``ssl=`` a client context): the https upstream read directly.
 
 Each run is bounded: a fixed number of events per connection and a deadline after which the
 connections still open are aborted and reported. A run stops by itself.
@@ -30,6 +33,7 @@ import contextlib
 import gc
 import re
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -94,6 +98,7 @@ class LoadResult:
     rate: float
     latencies_ns: list[int]
     errors: list[str]
+    first_ns: list[int] = field(default_factory=list)  # request sent → first token
 
     @property
     def ok(self) -> bool:
@@ -112,6 +117,7 @@ class _Run:
         self.headers = 0
         self.errors: list[str] = []
         self.latencies: list[int] = []
+        self.first: list[int] = []
         self.finished: asyncio.Future[None] = loop.create_future()
         self.all_headers: asyncio.Future[None] = loop.create_future()
         self.conns: list[_Conn] = []
@@ -146,6 +152,7 @@ class _Conn(asyncio.Protocol):
         self.next = 0
         self.terminal_seen = False
         self.done = False
+        self.sent_ns = 0
         check = run.check
         self.mode = check.mode
         self.expected = check.expected
@@ -160,6 +167,7 @@ class _Conn(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses: cast, don't check.
         self.transport = cast(asyncio.Transport, transport)
         if self.send_on_connect:
+            self.sent_ns = time.time_ns()
             self.transport.write(self.request)
 
     def data_received(self, data: bytes) -> None:
@@ -227,6 +235,8 @@ class _Conn(asyncio.Protocol):
                 if int(seq) != self.next:
                     self.fail(f"token {self.next}: got {seq!r}")
                     return
+                if self.next == 0:
+                    self.run.first.append(now - self.sent_ns)
                 if self.next >= self.skip:
                     lat.append(now - int(stamp))
                 self.next += 1
@@ -255,6 +265,7 @@ class _Conn(asyncio.Protocol):
 
     def send_request(self) -> None:
         if self.transport is not None and not self.done:
+            self.sent_ns = time.time_ns()
             self.transport.write(self.request)
 
     def fail(self, message: str) -> None:
@@ -287,6 +298,7 @@ async def _connect_all(
     send_on_connect: bool,
     concurrency: int,
     deadline: float,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
     loop = run.loop
     gate = asyncio.Semaphore(concurrency)
@@ -298,7 +310,13 @@ async def _connect_all(
             conn = _Conn(run, request, send_on_connect)
             run.conns.append(conn)
             try:
-                await loop.create_connection(lambda: conn, "127.0.0.1", port)
+                await loop.create_connection(
+                    lambda: conn,
+                    "127.0.0.1",
+                    port,
+                    ssl=ssl_context,
+                    server_hostname="127.0.0.1" if ssl_context else None,
+                )
             except OSError as exc:
                 conn.fail(f"connect failed: {exc}")
 
@@ -329,14 +347,15 @@ async def run_streams(
     timeout: float,
     connect_concurrency: int = 256,
     stagger: float = 0.0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> LoadResult:
-    """Open ``connections`` connections, then send ``request`` on all of them at once (or
-    spread evenly over ``stagger`` seconds), and check every response until all end or
-    ``timeout`` seconds pass. The generator does not collect garbage meanwhile
-    (:func:`quiet_gc`)."""
+    """Open ``connections`` connections (TLS with ``ssl_context``), then send ``request`` on
+    all of them at once (or spread evenly over ``stagger`` seconds), and check every response
+    until all end or ``timeout`` seconds pass. The generator does not collect garbage
+    meanwhile (:func:`quiet_gc`)."""
     with quiet_gc():
         return await _run_streams(
-            port, request, connections, check, timeout, connect_concurrency, stagger
+            port, request, connections, check, timeout, connect_concurrency, stagger, ssl_context
         )
 
 
@@ -348,6 +367,7 @@ async def _run_streams(
     timeout: float,
     connect_concurrency: int,
     stagger: float,
+    ssl_context: ssl.SSLContext | None,
 ) -> LoadResult:
     loop = asyncio.get_running_loop()
     run = _Run(check, connections, loop)
@@ -360,6 +380,7 @@ async def _run_streams(
         send_on_connect=False,
         concurrency=connect_concurrency,
         deadline=deadline,
+        ssl_context=ssl_context,
     )
     begin = time.perf_counter()
     if stagger > 0 and connections > 1:
@@ -387,6 +408,7 @@ async def _run_streams(
         rate=rate,
         latencies_ns=run.latencies,
         errors=run.errors,
+        first_ns=run.first,
     )
 
 
@@ -503,11 +525,18 @@ async def fetch(
     body: bytes = b"",
     headers: Sequence[tuple[str, str]] = (),
     timeout: float = 30.0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Reply:
-    """One request on a new connection; the whole response."""
+    """One request on a new connection (TLS with ``ssl_context``); the whole response."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[Reply] = loop.create_future()
-    transport, _ = await loop.create_connection(lambda: _OneShot(done, None), "127.0.0.1", port)
+    transport, _ = await loop.create_connection(
+        lambda: _OneShot(done, None),
+        "127.0.0.1",
+        port,
+        ssl=ssl_context,
+        server_hostname="127.0.0.1" if ssl_context else None,
+    )
     try:
         transport.write(request_bytes(method, path, port=port, body=body, headers=headers))
         return await asyncio.wait_for(done, timeout)

@@ -2,9 +2,12 @@
 
 Every peer serves:
 
-* ``GET /stream?n=N&interval_ms=F&size=S&stamp=0|1`` — ``N`` events, ``id: <i>`` and
-  ``data: <payload>``, with a pause of ``F`` ms between events (none at 0: as fast as the
-  server goes). The payload is ``"%08d:" % i`` padded with ``x`` to ``S`` bytes, or with
+* ``GET /stream?n=N&interval_ms=F&size=S&stamp=0|1&burst=0|1`` — ``N`` events, ``id: <i>``
+  and ``data: <payload>``, with a pause of ``F`` ms between events. At ``F = 0`` the producer
+  still yields to the event loop once per event (``await asyncio.sleep(0)``), as a relay does
+  whose tokens arrive from its upstream one read at a time; only with ``burst=1`` does it make
+  the whole stream without a loop turn (a case no LLM relay meets, reported apart as
+  "burst"). The payload is ``"%08d:" % i`` padded with ``x`` to ``S`` bytes, or with
   ``stamp=1`` ``"%08d:%019d:" % (i, time.time_ns())`` padded the same way (latency).
 * ``GET /idle`` — an event stream that sends nothing (but the peer's own heartbeats).
 * ``GET /ready`` — ``200 ok`` once serving.
@@ -18,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 #: Library peers: name -> what it is (for the report).
 STREAM_PEERS: dict[str, str] = {
@@ -28,6 +31,7 @@ STREAM_PEERS: dict[str, str] = {
     "fastapi-sse": "FastAPI's own SSE (fastapi.sse.EventSourceResponse), uvicorn",
     "aiohttp-sse": "aiohttp-sse on aiohttp's server",
     "ssegate": "ssegate EventSourceResponse, uvicorn (ssegate.server)",
+    "ssegate@pre-redesign": "the same app on ssegate as of the commit before the redesign",
     "ssegate-granian": "ssegate EventSourceResponse, granian",
 }
 
@@ -44,8 +48,18 @@ def make_payload(size: int, stamp: bool) -> Callable[[int], str]:
     return lambda i: f"{i:08d}:{pad}"
 
 
-def parse_query(query: str | bytes) -> tuple[int, float, int, bool]:
-    """``(n, interval seconds, size, stamp)`` from a ``/stream`` query string."""
+class StreamQuery(NamedTuple):
+    """What ``/stream`` was asked for."""
+
+    n: int
+    interval: float  # seconds
+    size: int
+    stamp: bool
+    pace: bool  # await asyncio.sleep(interval) after every event (False only for a burst)
+
+
+def parse_query(query: str | bytes) -> StreamQuery:
+    """A ``/stream`` query string, read."""
     if isinstance(query, bytes):
         query = query.decode("latin-1")
     values: dict[str, str] = {}
@@ -55,7 +69,8 @@ def parse_query(query: str | bytes) -> tuple[int, float, int, bool]:
     n = min(int(values.get("n") or 100), MAX_EVENTS)
     interval = max(0.0, float(values.get("interval_ms") or 0)) / 1000
     size = min(max(int(values.get("size") or 32), 0), MAX_SIZE)
-    return n, interval, size, values.get("stamp") == "1"
+    pace = interval > 0 or values.get("burst") != "1"
+    return StreamQuery(n, interval, size, values.get("stamp") == "1", pace)
 
 
 # -- Starlette-based peers -----------------------------------------------------------------
@@ -83,13 +98,13 @@ def starlette_app() -> Any:
     from starlette.responses import StreamingResponse
 
     async def stream(request: Any) -> Any:
-        n, interval, size, stamp = parse_query(request.url.query)
+        n, interval, size, stamp, pace = parse_query(request.url.query)
         payload = make_payload(size, stamp)
 
         async def events() -> Any:
             for i in range(n):
                 yield f"id: {i}\ndata: {payload(i)}\n\n".encode()
-                if interval:
+                if pace:
                     await asyncio.sleep(interval)
 
         return StreamingResponse(
@@ -111,13 +126,13 @@ def sse_starlette_app() -> Any:
     from sse_starlette import EventSourceResponse, ServerSentEvent
 
     async def stream(request: Any) -> Any:
-        n, interval, size, stamp = parse_query(request.url.query)
+        n, interval, size, stamp, pace = parse_query(request.url.query)
         payload = make_payload(size, stamp)
 
         async def events() -> Any:
             for i in range(n):
                 yield ServerSentEvent(data=payload(i), id=str(i))
-                if interval:
+                if pace:
                     await asyncio.sleep(interval)
 
         return EventSourceResponse(events())
@@ -137,13 +152,13 @@ def ssegate_app() -> Any:
     from ssegate import EventSourceResponse, ServerSentEvent
 
     async def stream(request: Any) -> Any:
-        n, interval, size, stamp = parse_query(request.url.query)
+        n, interval, size, stamp, pace = parse_query(request.url.query)
         payload = make_payload(size, stamp)
 
         async def events() -> Any:
             for i in range(n):
                 yield ServerSentEvent(data=payload(i), id=str(i))
-                if interval:
+                if pace:
                     await asyncio.sleep(interval)
 
         return EventSourceResponse(events())
@@ -167,13 +182,16 @@ def fastapi_sse_app() -> Any:
     app = FastAPI()
 
     @app.get("/stream", response_class=EventSourceResponse)
-    async def stream(n: int = 100, interval_ms: float = 0, size: int = 32, stamp: int = 0) -> Any:
+    async def stream(
+        n: int = 100, interval_ms: float = 0, size: int = 32, stamp: int = 0, burst: int = 0
+    ) -> Any:
         payload = make_payload(min(max(size, 0), MAX_SIZE), stamp == 1)
         interval = max(interval_ms, 0) / 1000
+        pace = interval > 0 or burst != 1
         for i in range(min(n, MAX_EVENTS)):
             # raw_data: the payload is already text (data= would JSON-quote it).
             yield ServerSentEvent(raw_data=payload(i), id=str(i))
-            if interval:
+            if pace:
                 await asyncio.sleep(interval)
 
     @app.get("/idle", response_class=EventSourceResponse)
@@ -197,12 +215,12 @@ def aiohttp_sse_app() -> Any:
     from aiohttp_sse import sse_response
 
     async def stream(request: web.Request) -> web.StreamResponse:
-        n, interval, size, stamp = parse_query(request.query_string)
+        n, interval, size, stamp, pace = parse_query(request.query_string)
         payload = make_payload(size, stamp)
         async with sse_response(request) as resp:
             for i in range(n):
                 await resp.send(payload(i), id=str(i))
-                if interval:
+                if pace:
                     await asyncio.sleep(interval)
         return resp
 
@@ -240,9 +258,10 @@ def _chunk(payload: bytes) -> bytes:
 class BareProtocol(asyncio.Protocol):
     """One connection: parse the request line, then write events with loop callbacks only.
 
-    At interval 0 it encodes events until 64 KiB are ready (or flow control pauses it) and
-    writes them in one chunk: what any server could do at best in Python. It sends the same
-    15 s heartbeat as the others on idle streams.
+    At interval 0 it writes one event per loop turn (``call_soon``), or for a burst encodes
+    events until 64 KiB are ready (or flow control pauses it) and writes them in one chunk:
+    what any server could do at best in Python. It sends the same 15 s heartbeat as the others
+    on idle streams.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -255,6 +274,7 @@ class BareProtocol(asyncio.Protocol):
         self.next = 0
         self.n = 0
         self.interval = 0.0
+        self.pace = True
         self.payload: Callable[[int], str] = str
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -289,7 +309,7 @@ class BareProtocol(asyncio.Protocol):
             self.transport.write(_HEAD)
             self.timer = self.loop.call_later(15.0, self.ping)
         elif path == b"/stream":
-            self.n, self.interval, size, stamp = parse_query(query)
+            self.n, self.interval, size, stamp, self.pace = parse_query(query)
             self.payload = make_payload(size, stamp)
             self.transport.write(_HEAD)
             self.step()
@@ -310,7 +330,7 @@ class BareProtocol(asyncio.Protocol):
             self.resume = self.step
             return
         payload, n, i = self.payload, self.n, self.next
-        if self.interval:
+        if self.pace:
             transport.write(_chunk(f"id: {i}\ndata: {payload(i)}\n\n".encode()))
             i += 1
         else:
@@ -338,6 +358,7 @@ APPS: dict[str, Callable[[], Any]] = {
     "fastapi-sse": fastapi_sse_app,
     "aiohttp-sse": aiohttp_sse_app,
     "ssegate": ssegate_app,
+    "ssegate@pre-redesign": ssegate_app,
     "ssegate-granian": ssegate_app,
 }
 

@@ -2,26 +2,38 @@
 
 RSS and CPU time come straight from ``/proc`` (Linux), for the process and its descendants
 (granian's worker), so the harness needs no extra package.
+
+A peer named ``<peer>@pre-redesign`` runs ``<peer>`` on ssegate as of :data:`BASELINE`, the
+commit before the current round of work: that commit's ``src/`` is extracted once into a
+temporary directory (``git archive``) and put first on the server's ``PYTHONPATH``, so one run
+compares before and after. Nothing of it is kept in the tree.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import re
 import selectors
 import signal
+import ssl
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from ._loadgen import fetch
+from ._tls import TlsFiles
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The commit the ``@pre-redesign`` peers run (the last one before the redesign).
+BASELINE = "682cbbf"
+BASELINE_SUFFIX = "@pre-redesign"
 _PORT_LINE = re.compile(r"(?:PORT |:)(\d+)\s*$")
 
 
@@ -66,6 +78,45 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS if len(fields) > 12 else 0.0
 
 
+def baseline_available(rev: str = BASELINE) -> bool:
+    """Whether this checkout has ``rev`` (a shallow clone may not)."""
+    probe = subprocess.run(
+        ["git", "-C", str(ROOT), "cat-file", "-e", f"{rev}^{{commit}}"],
+        capture_output=True,
+        check=False,
+    )
+    return probe.returncode == 0
+
+
+def baseline_source(rev: str = BASELINE) -> Path:
+    """The ``src`` directory of ``rev``, extracted once into a temporary directory."""
+    directory = Path(tempfile.gettempdir()) / f"ssegate-bench-src-{rev}"
+    if not (directory / "src" / "ssegate" / "__init__.py").exists():
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", "--format=tar", rev, "src"],
+            capture_output=True,
+            check=True,
+        ).stdout
+        staging = Path(tempfile.mkdtemp(prefix=f"ssegate-bench-src-{rev}-"))
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(staging, filter="data")
+        try:
+            staging.rename(directory)
+        except OSError:  # another run extracted it meanwhile
+            pass
+    return directory / "src"
+
+
+def split_peer(peer: str) -> tuple[str, dict[str, str]]:
+    """``(base peer, environment)``: for ``<base>@pre-redesign`` the environment puts the
+    baseline's source first on ``PYTHONPATH`` (the benchmark code itself stays this one)."""
+    if not peer.endswith(BASELINE_SUFFIX):
+        return peer, {}
+    base = peer[: -len(BASELINE_SUFFIX)]
+    path = os.pathsep.join([str(baseline_source()), str(ROOT)])
+    return base, {"PYTHONPATH": path}
+
+
 def cpu_count() -> int:
     """CPUs this process may run on."""
     return len(os.sched_getaffinity(0))
@@ -102,12 +153,14 @@ class ServerProcess:
         cpu: int | None,
         port: int | None = None,
         env: dict[str, str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.name = name
         self.argv = list(argv)
         self.cpu = cpu
         self.port = port or 0
         self.env = env
+        self.ssl_context = ssl_context  # the server speaks TLS: how to reach it
         self.proc: subprocess.Popen[bytes] | None = None
         self._log = tempfile.NamedTemporaryFile(  # kept for the process' life
             prefix=f"bench-{name}-", suffix=".log", delete=False
@@ -173,7 +226,9 @@ class ServerProcess:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited: {self.tail()}")
             try:
-                reply = await fetch(self.port, "GET", path, timeout=timeout)
+                reply = await fetch(
+                    self.port, "GET", path, timeout=timeout, ssl_context=self.ssl_context
+                )
             except OSError:
                 if time.monotonic() > deadline:
                     raise
@@ -227,25 +282,36 @@ class ServerProcess:
 
 
 def peer_process(peer: str, *, cpu: int | None, env: dict[str, str] | None = None) -> ServerProcess:
-    """A library peer (or the plain relay, ``relay``) from :mod:`benchmarks._serve_peer`."""
+    """A library peer (or the plain relay, ``relay``) from :mod:`benchmarks._serve_peer`;
+    ``<peer>@pre-redesign`` on the baseline's ssegate."""
+    base, peer_env = split_peer(peer)
     return ServerProcess(
-        peer, [sys.executable, "-m", "benchmarks._serve_peer", peer], cpu=cpu, env=env
-    )
-
-
-def mock_process(*, cpu: int | None) -> ServerProcess:
-    """``ssegate mock-upstream`` on a free port."""
-    return ServerProcess(
-        "mock-upstream",
-        [sys.executable, "-m", "ssegate", "mock-upstream", "--port", "0"],
+        peer,
+        [sys.executable, "-m", "benchmarks._serve_peer", base],
         cpu=cpu,
+        env={**peer_env, **(env or {})},
     )
+
+
+def mock_process(*, cpu: int | None, tls: TlsFiles | None = None) -> ServerProcess:
+    """The mock upstream on a free port (:mod:`benchmarks._serve_mock`); https with ``tls``."""
+    argv = [sys.executable, "-m", "benchmarks._serve_mock", "--port", "0"]
+    if tls is not None:
+        argv += ["--tls", str(tls.server)]
+    context = tls.client_context() if tls is not None else None
+    return ServerProcess("mock-upstream", argv, cpu=cpu, ssl_context=context)
 
 
 def gateway_process(
-    upstream_port: int, *, cpu: int | None, store: str = "memory", extra: Sequence[str] = ()
+    upstream: str,
+    *,
+    cpu: int | None,
+    store: str = "memory",
+    extra: Sequence[str] = (),
+    env: dict[str, str] | None = None,
 ) -> ServerProcess:
-    """``ssegate serve`` in front of the mock upstream."""
+    """``ssegate serve`` in front of the mock upstream at ``upstream`` (its base URL, ``/v1``
+    included); ``env`` is added to the server's environment."""
     port = free_port()
     argv = [
         sys.executable,
@@ -257,7 +323,7 @@ def gateway_process(
         "--provider",
         "openai",
         "--base-url",
-        f"http://127.0.0.1:{upstream_port}/v1",
+        upstream,
         "--model",
         "mock",
         "--log-level",
@@ -266,4 +332,4 @@ def gateway_process(
         store,
         *extra,
     ]
-    return ServerProcess("ssegate-gateway", argv, cpu=cpu, port=port)
+    return ServerProcess("ssegate-gateway", argv, cpu=cpu, port=port, env=env)

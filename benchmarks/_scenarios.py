@@ -1,9 +1,10 @@
 """The scenarios: each takes a running server (or starts its own) and returns flat metrics.
 
-(a) throughput, (b) latency, (c) idle memory — against the library peers;
-(d) relay throughput and latency, (e) Stop → upstream closed, (f) memory vs Redis store —
-against the relay peers (the mock upstream read directly, a plain FastAPI + httpx relay, and
-ssegate's gateway on both of its streaming routes).
+(a) throughput (a loop turn per event, and the burst apart), (b) latency, (c) idle memory —
+against the library peers; (d) relay throughput and latency on a plain-http and an https
+upstream, the relay's start with every request sent at once, (e) Stop → upstream closed,
+(f) memory vs Redis store — against the relay peers (the mock upstream read directly, a plain
+FastAPI + httpx relay, and ssegate's gateway on both of its streaming routes).
 """
 
 from __future__ import annotations
@@ -29,7 +30,15 @@ from ._loadgen import (
     run_streams,
     stamp_pad,
 )
-from ._procs import ServerProcess, gateway_process, mock_process, peer_process
+from ._procs import (
+    BASELINE_SUFFIX,
+    ServerProcess,
+    gateway_process,
+    mock_process,
+    peer_process,
+    split_peer,
+)
+from ._tls import tls_files
 
 Metrics = dict[str, Any]
 
@@ -39,6 +48,7 @@ class Sizes:
     """How big each scenario is (``--quick`` shrinks them)."""
 
     throughput: tuple[tuple[int, int], ...]  # (connections, events per connection)
+    burst: tuple[tuple[int, int], ...]  # the same, produced without a loop turn per event
     payload: int
     latency_connections: int
     latency_rate: float  # events per second per connection
@@ -50,12 +60,16 @@ class Sizes:
     relay_paced: tuple[int, ...]  # streams
     relay_rate: float  # tokens per second per stream, paced
     relay_seconds: float
+    relay_https_max: tuple[tuple[int, int], ...]  # the same on the https upstream
+    relay_https_paced: tuple[int, ...]
+    relay_start: tuple[tuple[int, int], ...]  # (streams, tokens): every request sent at once
     stop_samples: int
     stop_background: int
 
 
 FULL = Sizes(
-    throughput=((1, 30_000), (100, 1_000), (1000, 200)),
+    throughput=((100, 1_000), (1000, 200)),
+    burst=((100, 2_000), (1000, 400)),
     payload=32,
     latency_connections=1000,
     latency_rate=20.0,
@@ -67,12 +81,16 @@ FULL = Sizes(
     relay_paced=(100, 1000),
     relay_rate=20.0,
     relay_seconds=8.0,
+    relay_https_max=((100, 500),),
+    relay_https_paced=(100,),
+    relay_start=((1000, 100),),
     stop_samples=100,
     stop_background=100,
 )
 
 QUICK = Sizes(
-    throughput=((1, 10_000), (100, 300), (1000, 60)),
+    throughput=((100, 300), (1000, 60)),
+    burst=((100, 600), (1000, 120)),
     payload=32,
     latency_connections=1000,
     latency_rate=20.0,
@@ -84,6 +102,9 @@ QUICK = Sizes(
     relay_paced=(100, 1000),
     relay_rate=20.0,
     relay_seconds=2.0,
+    relay_https_max=((100, 200),),
+    relay_https_paced=(100,),
+    relay_start=((1000, 40),),
     stop_samples=20,
     stop_background=50,
 )
@@ -91,6 +112,7 @@ QUICK = Sizes(
 #: For the smoke test: everything tiny.
 SMOKE = Sizes(
     throughput=((3, 200),),
+    burst=((3, 200),),
     payload=32,
     latency_connections=3,
     latency_rate=50.0,
@@ -102,6 +124,9 @@ SMOKE = Sizes(
     relay_paced=(),
     relay_rate=50.0,
     relay_seconds=0.1,
+    relay_https_max=((3, 20),),
+    relay_https_paced=(3,),
+    relay_start=((3, 5),),
     stop_samples=2,
     stop_background=1,
 )
@@ -140,10 +165,20 @@ async def warm_up(proc: ServerProcess) -> None:
 
 
 async def throughput(
-    proc: ServerProcess, connections: int, events: int, size: int, *, timeout: float = 90.0
+    proc: ServerProcess,
+    connections: int,
+    events: int,
+    size: int,
+    *,
+    burst: bool = False,
+    timeout: float = 90.0,
 ) -> Metrics:
-    """(a) events/s delivered with no pause between events, and server CPU µs per event."""
-    req = request_bytes("GET", f"/stream?n={events}&size={size}", port=proc.port)
+    """(a) events/s delivered with no pause between events, and server CPU µs per event.
+
+    The producer yields to the event loop once per event (a relay's tokens arrive one read at
+    a time), or with ``burst`` makes the whole stream without a loop turn."""
+    query = f"/stream?n={events}&size={size}" + ("&burst=1" if burst else "")
+    req = request_bytes("GET", query, port=proc.port)
     check = Check("seq", events, expected_payloads(events, size))
     gc.collect()
     cpu0 = proc.cpu_seconds()
@@ -244,6 +279,9 @@ RELAY_PEERS: dict[str, str] = {
     "fastapi-httpx": "FastAPI + httpx relay re-yielding chunks (StreamingResponse)",
     "ssegate-openai": "ssegate gateway, POST /v1/chat/completions",
     "ssegate-streams": "ssegate gateway, POST /v1/streams (Accept: text/event-stream)",
+    "ssegate-openai@pre-redesign": "the gateway as of the commit before the redesign, "
+    "POST /v1/chat/completions",
+    "ssegate-streams@pre-redesign": "the same, POST /v1/streams",
 }
 
 
@@ -256,7 +294,7 @@ def relay_request(peer: str, port: int, tokens: int, interval_ms: float) -> tupl
     """The request for ``peer`` and the marker that ends its stream."""
     content = _directives(tokens, interval_ms)
     messages = [{"role": "user", "content": content}]
-    if peer == "ssegate-streams":
+    if peer.removesuffix(BASELINE_SUFFIX) == "ssegate-streams":
         body = orjson.dumps({"messages": messages})
         path, terminal = "/v1/streams", b"event: done"
     else:
@@ -267,28 +305,45 @@ def relay_request(peer: str, port: int, tokens: int, interval_ms: float) -> tupl
 
 
 class RelaySetup:
-    """The mock upstream and, but for ``direct``, the relay in front of it."""
+    """The mock upstream (plain http, or https with a certificate made at run time) and, but
+    for ``direct``, the relay in front of it, told to trust that certificate's CA."""
 
-    def __init__(self, peer: str, *, server_cpu: int | None, load_cpu: int | None, store: str):
+    def __init__(
+        self,
+        peer: str,
+        *,
+        server_cpu: int | None,
+        load_cpu: int | None,
+        store: str,
+        upstream: str = "http",
+    ):
         self.peer = peer
-        self.mock = mock_process(cpu=load_cpu)
+        self.tls = tls_files() if upstream == "https" else None
+        self.mock = mock_process(cpu=load_cpu, tls=self.tls)
         self.relay: ServerProcess | None = None
         self.server_cpu = server_cpu
         self.store = store
-        self.extra: tuple[str, ...] = ()
+        self.upstream = upstream
 
     async def __aenter__(self) -> RelaySetup:
         self.mock.start()
         try:
             await self.mock.wait_ready("/v1/models")
+            base_url = f"{self.upstream}://127.0.0.1:{self.mock.port}/v1"
+            env = {"SSL_CERT_FILE": str(self.tls.ca)} if self.tls is not None else {}
             if self.peer == "fastapi-httpx":
-                env = {"BENCH_UPSTREAM": f"http://127.0.0.1:{self.mock.port}/v1"}
+                env["BENCH_UPSTREAM"] = base_url
                 self.relay = peer_process("relay", cpu=self.server_cpu, env=env)
                 self.relay.start()
                 await self.relay.wait_ready()
             elif self.peer.startswith("ssegate"):
+                env.update(split_peer(self.peer)[1])
                 self.relay = gateway_process(
-                    self.mock.port, cpu=self.server_cpu, store=self.store, extra=gateway_flags()
+                    base_url,
+                    cpu=self.server_cpu,
+                    store=self.store,
+                    extra=gateway_flags(env),
+                    env=env,
                 )
                 self.relay.start()
                 await self.relay.wait_ready("/healthz")
@@ -307,23 +362,35 @@ class RelaySetup:
         """The process the client talks to (and whose CPU is measured)."""
         return self.relay if self.relay is not None else self.mock
 
+    @property
+    def client_tls(self) -> Any:
+        """The load generator's TLS context: only ``direct`` on https talks TLS to its target."""
+        return self.mock.ssl_context if self.relay is None else None
 
-_GATEWAY_FLAGS: tuple[str, ...] | None = None
+
+_GATEWAY_FLAGS: dict[str, tuple[str, ...]] = {}
 
 
-def gateway_flags() -> tuple[str, ...]:
-    """``ssegate serve`` flags that lift per-key limits a load test would hit, if this
-    version has them (a benchmark client is one anonymous key opening 1,000 streams)."""
-    global _GATEWAY_FLAGS
-    if _GATEWAY_FLAGS is None:
+def gateway_flags(env: dict[str, str]) -> tuple[str, ...]:
+    """``ssegate serve`` flags that lift per-key limits a load test would hit, if the version
+    that ``env`` runs has them (a benchmark client is one anonymous key opening 1,000
+    streams)."""
+    import os
+
+    path = env.get("PYTHONPATH", "")
+    if path not in _GATEWAY_FLAGS:
         import subprocess
         import sys
+
+        from ._procs import ROOT
 
         text = subprocess.run(
             [sys.executable, "-m", "ssegate", "serve", "--help"],
             capture_output=True,
             text=True,
             check=False,
+            cwd=ROOT,
+            env={**os.environ, **({"PYTHONPATH": path} if path else {})},
         ).stdout
         wanted = {
             "--rate-limit": "1000000",
@@ -335,8 +402,8 @@ def gateway_flags() -> tuple[str, ...]:
         for flag, value in wanted.items():
             if flag in text:
                 flags += [flag, value]
-        _GATEWAY_FLAGS = tuple(flags)
-    return _GATEWAY_FLAGS
+        _GATEWAY_FLAGS[path] = tuple(flags)
+    return _GATEWAY_FLAGS[path]
 
 
 async def relay_max(setup: RelaySetup, streams: int, tokens: int) -> Metrics:
@@ -348,7 +415,9 @@ async def relay_max(setup: RelaySetup, streams: int, tokens: int) -> Metrics:
     cpu0 = proc.cpu_seconds()
     mock0 = setup.mock.cpu_seconds()
     own0 = time.process_time()
-    result = await run_streams(proc.port, req, streams, check, timeout=120)
+    result = await run_streams(
+        proc.port, req, streams, check, timeout=120, ssl_context=setup.client_tls
+    )
     cpu = proc.cpu_seconds() - cpu0
     # What the other side spent: if the load generator and the mock fill CPU 1, the rate is
     # theirs, not the relay's (then tokens per relay CPU-second is the number to compare).
@@ -375,7 +444,13 @@ async def relay_paced(
     check = Check("tokens", tokens, terminal=terminal, skip=skip)
     cpu0 = proc.cpu_seconds()
     result = await run_streams(
-        proc.port, req, streams, check, timeout=seconds * 4 + 60, stagger=stagger
+        proc.port,
+        req,
+        streams,
+        check,
+        timeout=seconds * 4 + 60,
+        stagger=stagger,
+        ssl_context=setup.client_tls,
     )
     cpu = proc.cpu_seconds() - cpu0
     lat = sorted(result.latencies_ns)
@@ -383,6 +458,37 @@ async def relay_paced(
         "p50_ms": _ms(percentile(lat, 0.50)),
         "p99_ms": _ms(percentile(lat, 0.99)),
         "tokens_per_s": result.rate,
+        "cpu_share": cpu / result.elapsed if result.elapsed else 0.0,
+        "error": _failure(result),
+    }
+
+
+async def relay_start(setup: RelaySetup, streams: int, tokens: int, rate: float) -> Metrics:
+    """(d) ``streams`` paced streams whose requests are all sent at once (on connections
+    opened before): the first token's latency (request sent → first token received) and
+    every later token's (client receive − upstream send), and how many streams failed."""
+    proc = setup.target
+    req, terminal = relay_request(setup.peer, proc.port, tokens, 1000 / rate)
+    check = Check("tokens", tokens, terminal=terminal, skip=1)
+    cpu0 = proc.cpu_seconds()
+    result = await run_streams(
+        proc.port,
+        req,
+        streams,
+        check,
+        timeout=tokens / rate * 4 + 60,
+        ssl_context=setup.client_tls,
+    )
+    cpu = proc.cpu_seconds() - cpu0
+    lat = sorted(result.latencies_ns)
+    first = sorted(result.first_ns)
+    return {
+        "first_p50_ms": _ms(percentile(first, 0.50)),
+        "first_p99_ms": _ms(percentile(first, 0.99)),
+        "first_max_ms": _ms(first[-1]) if first else 0.0,
+        "p50_ms": _ms(percentile(lat, 0.50)),
+        "p99_ms": _ms(percentile(lat, 0.99)),
+        "failed": result.connections - result.completed,
         "cpu_share": cpu / result.elapsed if result.elapsed else 0.0,
         "error": _failure(result),
     }

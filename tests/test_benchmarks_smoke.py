@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import importlib.util
+import itertools
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -27,10 +28,12 @@ from benchmarks._cli import Plan, run_plan  # noqa: E402
 from benchmarks._loadgen import (  # noqa: E402
     Check,
     expected_payloads,
+    fetch,
     request_bytes,
     run_streams,
 )
-from benchmarks._peers import STREAM_PEERS, make_payload  # noqa: E402
+from benchmarks._peers import APPS, STREAM_PEERS, make_payload  # noqa: E402
+from benchmarks._procs import BASELINE_SUFFIX, baseline_available  # noqa: E402
 
 _NEEDS = {  # peers whose packages come with the `bench` extra, not with `test`
     "sse-starlette": "sse_starlette",
@@ -41,8 +44,17 @@ _NEEDS = {  # peers whose packages come with the `bench` extra, not with `test`
 
 
 def _installed(peer: str) -> bool:
+    if peer.endswith(BASELINE_SUFFIX):
+        return baseline_available()
     module = _NEEDS.get(peer)
     return module is None or importlib.util.find_spec(module) is not None
+
+
+def _skip_unless_installed(peer: str) -> None:
+    if not _installed(peer):
+        if peer.endswith(BASELINE_SUFFIX):
+            pytest.skip("this checkout does not hold the pre-redesign commit (shallow clone)")
+        pytest.skip(f"{peer} is not installed (pip install -e '.[bench]')")
 
 
 def _plan(peers: list[str], relay_peers: list[str], scenarios: tuple[str, ...]) -> Plan:
@@ -64,20 +76,23 @@ def _plan(peers: list[str], relay_peers: list[str], scenarios: tuple[str, ...]) 
 @pytest.mark.anyio
 @pytest.mark.parametrize("peer", list(STREAM_PEERS))
 async def test_every_peer_delivers_every_event_intact_and_in_order(peer: str) -> None:
-    if not _installed(peer):
-        pytest.skip(f"{peer} is not installed (pip install -e '.[bench]')")
+    _skip_unless_installed(peer)
     records = await run_plan(_plan([peer], [], ("throughput", "latency")))
-    by_scenario = {r["scenario"]: r for r in records}
-    assert set(by_scenario) == {"throughput", "latency"}
-    assert [r["error"] for r in records] == [None, None]
+    kinds = [(r["scenario"], r.get("mode")) for r in records]
+    assert kinds == [("throughput", "yield"), ("throughput", "burst"), ("latency", None)]
+    assert [r["error"] for r in records] == [None, None, None]
     ((connections, events),) = sc.SMOKE.throughput
-    assert by_scenario["throughput"]["events"] == connections * events
-    assert by_scenario["latency"]["p99_ms"] > 0  # stamped events were parsed and timed
+    ((burst_connections, burst_events),) = sc.SMOKE.burst
+    assert records[0]["events"] == connections * events
+    assert records[1]["events"] == burst_connections * burst_events
+    assert records[2]["p99_ms"] > 0  # stamped events were parsed and timed
 
 
 @pytest.mark.anyio
-async def test_idle_streams_are_held_and_measured() -> None:
-    records = await run_plan(_plan(["ssegate"], [], ("idle",)))
+@pytest.mark.parametrize("peer", ["ssegate", f"ssegate{BASELINE_SUFFIX}"])
+async def test_idle_streams_are_held_and_measured(peer: str) -> None:
+    _skip_unless_installed(peer)
+    records = await run_plan(_plan([peer], [], ("idle",)))
     (record,) = records
     assert record["error"] is None
     assert record["held"] == record["connections"] == sc.SMOKE.idle_steps[-1]
@@ -87,10 +102,101 @@ async def test_idle_streams_are_held_and_measured() -> None:
 @pytest.mark.anyio
 @pytest.mark.parametrize("peer", list(sc.RELAY_PEERS))
 async def test_every_relay_delivers_every_token_in_order_and_ends(peer: str) -> None:
+    _skip_unless_installed(peer)
     records = await run_plan(_plan([], [peer], ("relay",)))
-    assert records, "nothing ran"
+    kinds = {(r["scenario"], r["upstream"]) for r in records}
+    assert kinds == {
+        ("relay_max", "http"),
+        ("relay_max", "https"),
+        ("relay_paced", "https"),
+        ("relay_start", "http"),
+    }
     assert [r["error"] for r in records] == [None] * len(records)
-    assert all(r["tokens_per_s"] > 0 for r in records)
+    assert all(r.get("tokens_per_s", 1) > 0 for r in records)
+    (start,) = (r for r in records if r["scenario"] == "relay_start")
+    assert start["failed"] == 0
+    assert 0 < start["first_p50_ms"] <= start["first_p99_ms"]
+
+
+@pytest.mark.anyio
+async def test_the_https_upstream_is_served_over_tls() -> None:
+    # The relays' https rows are only honest if the upstream really speaks TLS: a plain
+    # connection to it gets no HTTP answer, a TLS one trusting the run's CA does.
+    setup = sc.RelaySetup(
+        "direct", server_cpu=None, load_cpu=None, store="memory", upstream="https"
+    )
+    async with setup:
+        mock = setup.mock
+        assert mock.ssl_context is not None
+        reply = await fetch(mock.port, "GET", "/v1/models", ssl_context=mock.ssl_context)
+        assert reply.status == 200
+        with pytest.raises((ConnectionError, OSError, TimeoutError)):
+            await fetch(mock.port, "GET", "/v1/models", timeout=2)
+
+
+# -- at interval 0, every peer still yields to the loop once per event (but for a burst) -----
+
+
+async def _interleaving(app: object, query: str) -> list[int]:
+    """Serve two ``/stream`` requests at once in this loop; the order in which the two
+    streams' body parts were sent (0 or 1 per part)."""
+    order: list[int] = []
+
+    async def one(k: int) -> None:
+        async def receive() -> dict[str, object]:
+            await asyncio.Event().wait()  # never disconnects; the stream ends by itself
+            raise AssertionError  # pragma: no cover
+
+        async def send(message: dict[str, object]) -> None:
+            if message["type"] == "http.response.body" and message.get("body"):
+                order.append(k)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": "/stream",
+            "raw_path": b"/stream",
+            "query_string": query.encode(),
+            "headers": [(b"host", b"test")],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+            "root_path": "",
+        }
+        await app(scope, receive, send)  # type: ignore[operator]
+
+    await asyncio.wait_for(asyncio.gather(one(0), one(1)), 10)
+    return order
+
+
+def _switches(order: list[int]) -> int:
+    return sum(1 for a, b in itertools.pairwise(order) if a != b)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("peer", "framework_turns"),
+    [
+        ("starlette", False),
+        ("sse-starlette", False),
+        ("ssegate", False),
+        ("fastapi-sse", True),  # FastAPI's SSE takes a loop turn per event by itself
+    ],
+)
+async def test_an_asgi_peer_yields_once_per_event_unless_asked_for_a_burst(
+    peer: str, framework_turns: bool
+) -> None:
+    _skip_unless_installed(peer)
+    app = APPS[peer]()
+    paced = await _interleaving(app, "n=40&size=32")
+    burst = await _interleaving(app, "n=40&size=32&burst=1")
+    # A loop turn per event: the two streams take turns all along. A burst: each stream's
+    # events go out without the other getting a turn in between.
+    assert _switches(paced) >= 30, paced
+    if not framework_turns:
+        assert _switches(burst) <= 3, burst
 
 
 @pytest.mark.anyio

@@ -9,6 +9,7 @@ import itertools
 import logging
 import signal
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -411,14 +412,18 @@ def serve(
     started: Callable[[asyncio.AbstractEventLoop, asyncio.Server], None],
     *,
     handle_signals: bool = False,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
     """Serve ``state`` on its own event loop in this thread until the loop is stopped;
-    ``started`` gets the loop and the server once listening."""
+    ``started`` gets the loop and the server once listening. With ``ssl_context`` (a server
+    context holding its certificate) it serves https."""
     loop = _new_loop()
     asyncio.set_event_loop(loop)
     try:
         server = loop.run_until_complete(
-            loop.create_server(lambda: _Connection(state, loop), host, port, backlog=4096)
+            loop.create_server(
+                lambda: _Connection(state, loop), host, port, backlog=4096, ssl=ssl_context
+            )
         )
         if handle_signals:
             for signum in (signal.SIGINT, signal.SIGTERM):

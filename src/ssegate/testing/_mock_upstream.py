@@ -46,6 +46,17 @@ messages (and Anthropic's ``system``), ``completion_tokens`` the reasoning and a
 sent plus one for a tool call. With ``MockUpstream(api_key=...)`` a request must present that
 key (``authorization: Bearer`` or ``x-api-key``) or gets the format's 401.
 
+**https.** Pass a server ``ssl.SSLContext`` (``ssl_context=``) and the mock serves https
+(its URL starts ``https://``). A test makes the certificate at run time, e.g. with ``trustme``::
+
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    with MockUpstream(ssl_context=context) as mock: ...
+
+and tells the client to trust ``ca`` (a gateway process: ``SSL_CERT_FILE`` naming the CA's
+PEM file, which httpx honours).
+
 For connection refused, use a closed port (:func:`closed_port_url`); for a connect timeout,
 :func:`blackhole_url` gives a listening socket whose accept queue is full, so the kernel drops
 SYNs and ``connect()`` hangs (Linux; elsewhere use a tiny connect timeout).
@@ -68,8 +79,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import select
+import selectors
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -96,25 +108,29 @@ def run_mock_upstream(
     *,
     api_key: str | None = None,
     on_ready: Callable[[str], None] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
     **defaults: Any,
 ) -> None:
     """Serve the mock upstream until SIGINT/SIGTERM (blocking; for ``ssegate mock-upstream``).
 
     ``defaults`` are :class:`Scenario` fields; ``on_ready`` gets the URL once listening (useful
-    with ``port=0``). With ``api_key``, requests must present it (else HTTP 401).
+    with ``port=0``). With ``api_key``, requests must present it (else HTTP 401); with
+    ``ssl_context`` (a server context) it serves https.
     """
     state = MockState(Scenario(**defaults), api_key, max_records=10_000)
 
     def started(loop: asyncio.AbstractEventLoop, server: asyncio.Server) -> None:
         bound = server.sockets[0].getsockname()
         if on_ready is not None:
-            on_ready(f"http://{_url_host(host)}:{bound[1]}")
+            on_ready(_url(ssl_context, host, bound[1]))
 
-    serve(state, host, port, started, handle_signals=True)
+    serve(state, host, port, started, handle_signals=True, ssl_context=ssl_context)
 
 
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
+def _url(ssl_context: ssl.SSLContext | None, host: str, port: int) -> str:
+    scheme = "https" if ssl_context is not None else "http"
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}:{port}"
 
 
 class MockUpstream:
@@ -126,6 +142,7 @@ class MockUpstream:
 
     ``defaults`` are :class:`Scenario` fields (settable later through :attr:`defaults`).
     ``max_records`` bounds the records kept (later requests are served, not recorded).
+    With ``ssl_context`` (a server context holding its certificate) it serves https.
     """
 
     def __init__(
@@ -135,10 +152,12 @@ class MockUpstream:
         port: int = 0,
         api_key: str | None = None,
         max_records: int = 100_000,
+        ssl_context: ssl.SSLContext | None = None,
         **defaults: Any,
     ) -> None:
         self.host = host
         self._port = port
+        self._ssl_context = ssl_context
         self._state = MockState(Scenario(**defaults), api_key, max_records)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -162,12 +181,12 @@ class MockUpstream:
         def started(loop: asyncio.AbstractEventLoop, server: asyncio.Server) -> None:
             self._loop = loop
             self.port = server.sockets[0].getsockname()[1]
-            self.url = f"http://{_url_host(self.host)}:{self.port}"
+            self.url = _url(self._ssl_context, self.host, self.port)
             ready.set()
 
         def run() -> None:
             try:
-                serve(self._state, self.host, self._port, started)
+                serve(self._state, self.host, self._port, started, ssl_context=self._ssl_context)
             except BaseException as exc:  # reported to start()'s caller
                 failure.append(exc)
             finally:
@@ -264,14 +283,17 @@ def blackhole_url() -> Iterator[str]:
         listener.bind(("127.0.0.1", 0))
         listener.listen(0)
         address = listener.getsockname()
-        for _ in range(8):  # fill the accept queue until a connect no longer completes
-            filler = socket.socket()
-            fillers.append(filler)
-            filler.setblocking(False)
-            filler.connect_ex(address)
-            _, writable, _ = select.select([], [filler], [], 0.2)
-            if not writable:
-                break
+        with selectors.DefaultSelector() as selector:
+            for _ in range(8):  # fill the accept queue until a connect no longer completes
+                filler = socket.socket()
+                fillers.append(filler)
+                filler.setblocking(False)
+                filler.connect_ex(address)
+                key = selector.register(filler, selectors.EVENT_WRITE)
+                writable = selector.select(0.2)
+                selector.unregister(key.fileobj)
+                if not writable:
+                    break
         yield f"http://127.0.0.1:{address[1]}"
     finally:
         for filler in fillers:
