@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ import anyio
 import httpx
 import openai
 import pytest
+import trustme
 
 from ssegate.codec import Decoder
 from ssegate.testing import (
@@ -334,6 +336,25 @@ def test_connect_failures_helpers() -> None:
         sock.settimeout(0.3)
         with pytest.raises(TimeoutError):
             sock.connect(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+
+
+def test_the_mock_serves_https_with_a_certificate_made_at_run_time() -> None:
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server)
+    trusting = ssl.create_default_context()
+    ca.configure_trust(trusting)
+    with MockUpstream(ssl_context=server, tokens=2) as mock:
+        assert mock.url.startswith("https://127.0.0.1:")
+        body = _chat("x", stream=False)
+        answer = httpx.post(mock.url + "/v1/chat/completions", json=body, verify=trusting)
+        assert answer.json()["choices"][0]["message"]["content"] == "tok0 tok1 "
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            httpx.post(mock.url + "/v1/chat/completions", json=body)  # not trusted by default
+        plain = mock.url.replace("https://", "http://")
+        with pytest.raises(httpx.HTTPError):
+            httpx.post(plain + "/v1/chat/completions", json=body, timeout=2)  # no plain http
+        assert len(mock.requests) == 1
 
 
 def test_run_mock_upstream_by_hand() -> None:

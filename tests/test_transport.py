@@ -4,7 +4,9 @@ pool (reuse only after a clean end), faults as httpx's exceptions, TLS."""
 from __future__ import annotations
 
 import re
+import resource
 import shutil
+import socket
 import ssl
 import subprocess
 from collections.abc import Awaitable, Callable
@@ -17,9 +19,10 @@ import pytest
 from anyio.abc import ByteStream, SocketAttribute
 from anyio.streams.tls import TLSListener
 
-from ssegate.providers import _transport
+from ssegate.providers import ProviderConfig, _transport
+from ssegate.providers._http import HttpUpstream
 from ssegate.providers._transport import LeanTransport, _Parse
-from ssegate.testing import closed_port_url
+from ssegate.testing import MockUpstream, closed_port_url
 
 pytestmark = pytest.mark.anyio
 
@@ -394,3 +397,81 @@ async def test_https_with_a_trusted_certificate_and_reuse(certificate: tuple[Pat
 
     await _serve(handler, body, tls=server)
     assert len(connections) == 1  # both requests on one connection; the refused one: none
+
+
+# -- many open descriptors ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def past_1024_descriptors() -> Any:
+    """Hold 1,100 open sockets, so every socket opened next has a descriptor past 1024
+    (``select.select``'s limit), raising the soft ``RLIMIT_NOFILE`` within the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1100 + 200
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        pytest.skip(f"the hard descriptor limit ({hard}) is below {wanted}")
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    held: list[socket.socket] = []
+    try:
+        for _ in range(550):
+            held.extend(socket.socketpair())
+        with socket.socket() as probe:
+            assert probe.fileno() >= 1024
+        yield held
+    finally:
+        for sock in held:
+            sock.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.usefixtures("past_1024_descriptors")
+@pytest.mark.parametrize("scheme", ["http", "https"])
+async def test_keep_alive_is_reused_with_1100_sockets_open(
+    scheme: str, certificate: tuple[Path, Path]
+) -> None:
+    # The pool asks an idle connection's socket whether the server closed it before reusing
+    # it; that question must work for a descriptor past 1024 (select.select raised there,
+    # which read as "not reusable": keep-alive silently stopped under load).
+    connections: list[int] = []
+    tls = client = None
+    if scheme == "https":
+        cert, key = certificate
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(cert, key)
+        client = ssl.create_default_context(cafile=str(cert))
+
+    async def body(url: str) -> None:
+        async with _client(ssl_context=client) as http:
+            for _ in range(3):
+                assert (await http.post(url + "/x", content=b"{}")).text == "hello world"
+
+    await _serve(_keep_alive_server(_CHUNKED, connections), body, tls=tls)
+    assert len(connections) == 1
+
+
+# -- the pool the providers build ---------------------------------------------------------------
+
+
+async def test_the_providers_pool_keeps_a_whole_wave_of_connections_alive() -> None:
+    # 150 streams at once, then 150 more: the second wave rides the first wave's connections
+    # (a pool that kept only 100 idle reconnected 50 of them, a TLS handshake each upstream).
+    wave = 150
+    with MockUpstream(header_delay_ms=300) as mock:
+        upstream = HttpUpstream(ProviderConfig("openai", base_url=mock.url + "/v1"))
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+
+        async def one() -> None:
+            answer = await upstream.client.post(mock.url + "/v1/chat/completions", json=body)
+            assert answer.status_code == 200
+
+        try:
+            for _ in range(2):
+                async with anyio.create_task_group() as tg:
+                    for _ in range(wave):
+                        tg.start_soon(one)
+        finally:
+            await upstream.aclose()
+        requests = mock.requests
+    assert len(requests) == 2 * wave
+    assert len({r.connection for r in requests}) == wave

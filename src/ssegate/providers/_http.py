@@ -416,9 +416,12 @@ class HttpUpstream:
         self.config = config
         self.secrets = config.secrets()
         self._owns_client = client is None
+        # The pool keeps as many idle connections as it may open: after a wave of streams
+        # ends, the next wave reuses them instead of reconnecting (a TLS handshake each).
+        # An idle connection still closes after the transport's keep-alive expiry.
         limits = httpx.Limits(
             max_connections=config.max_connections,
-            max_keepalive_connections=min(config.max_connections, 100),
+            max_keepalive_connections=config.max_connections,
         )
         transport: httpx.AsyncBaseTransport | None = None
         if client is None and not _proxied(config.resolved_base_url):

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import select
+import selectors
 import socket
 from typing import Protocol
 
@@ -62,10 +62,18 @@ def on_asyncio() -> bool:
 
 def _readable_now(sock: socket.socket | None) -> bool:
     """Whether ``sock`` has something to read right now (bytes or a FIN), or can't be asked:
-    for a connection idle in the pool, either means it can't carry another request."""
+    for a connection idle in the pool, either means it can't carry another request.
+
+    Asked through :mod:`selectors` (epoll, kqueue…), which takes any descriptor:
+    ``select.select`` refuses one past ``FD_SETSIZE`` (1024), and a process that holds a
+    thousand client streams has upstream sockets there. Once per request, not per read."""
     try:
         fd = sock.fileno() if sock is not None else -1
-        return fd < 0 or bool(select.select([fd], [], [], 0)[0])
+        if fd < 0:
+            return True
+        with selectors.DefaultSelector() as selector:
+            selector.register(fd, selectors.EVENT_READ)
+            return bool(selector.select(0))
     except (OSError, ValueError):
         return True
 
