@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import httpx
@@ -217,6 +218,32 @@ def test_reload_mid_answer_resumes_and_expired_stream_shows_error_with_retry(
     wait_finished(page)
     assert len(mock.requests) == 2
     assert page.locator(LAST).locator(".answer").inner_text() == mock.requests[1].text.strip()
+
+
+def tokens_per_second(page: Page) -> float:
+    meta = page.locator(LAST).locator(".meta").inner_text()
+    match = re.search(r"([0-9.]+) tokens/s", meta)
+    assert match, meta
+    return float(match.group(1))
+
+
+@pytest.mark.parametrize("mode", ["fetch", "eventsource"])
+def test_tokens_per_second_after_a_reload_counts_only_live_tokens(
+    page: Page, gateway: RunningServer, mock: MockUpstream, mode: str
+) -> None:
+    # 20 tokens/s from the upstream. Reloaded half way, the page gets the first half again as
+    # one burst: counted as streamed, it would show about twice the rate.
+    page.goto(f"{gateway.url}/?mode={mode}")
+    ask(page, "[[tokens:60]][[interval_ms:50]]")
+    page.wait_for_function(
+        "() => (JSON.parse(localStorage.getItem('ssegate.chat.v1')).messages[1].lastEventId|0) > 28"
+    )
+    page.reload()
+    wait_finished(page, timeout=20_000)
+    assert len(mock.requests) == 1
+    rate = tokens_per_second(page)
+    # Never faster than the upstream sent (a loaded machine only makes it slower).
+    assert 5 < rate < 20 * 1.25, rate
 
 
 @pytest.mark.parametrize("mode", ["fetch", "eventsource"])

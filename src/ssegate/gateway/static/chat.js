@@ -83,7 +83,7 @@ function saveNow() {
 // ---- views ---------------------------------------------------------------------------------
 
 const views = new Map(); // message object → its DOM nodes
-let active = null; // {msg, stream}
+let active = null; // {msg, stream, stopped}
 
 function el(tag, className, text) {
   const node = document.createElement(tag);
@@ -291,16 +291,40 @@ function history(upTo) {
   return out;
 }
 
+// The stream's last event id before a resume: the events up to it were made while the page was
+// away and arrive as one burst. Unknown (the status failed): Infinity, nothing counts as live.
+async function lastIdBeforeResume(msg) {
+  try {
+    const url = new URL(`${BASE}/v1/streams/${encodeURIComponent(msg.streamId)}`);
+    if (!settings.apiKey && msg.token) url.searchParams.set('token', msg.token);
+    const response = await fetch(url, { headers: authHeaders(), cache: 'no-store' });
+    if (response.ok) {
+      const id = Number((await response.json()).last_event_id);
+      if (Number.isFinite(id)) return id;
+    }
+  } catch {
+    // Offline or refused: following the stream will say why.
+  }
+  return Infinity;
+}
+
 function run(msg, { resume = false } = {}) {
   const started = performance.now();
+  // Tokens per second counts only tokens that arrived live, over the time they took to arrive:
+  // on a resume the events the stream already had come as a burst (ids up to `liveAfter`).
+  let liveAfter = resume ? Infinity : 0;
   let first = null;
   let last = null;
-  let deltas = 0;
+  let live = 0; // token events (delta, reasoning, tool call) that arrived live
   msg.status = 'streaming';
   msg.error = null;
   msg.conn = 'connecting';
   msg.metrics = resume ? msg.metrics || {} : {};
-  const tick = () => {
+  const tick = (event) => {
+    // Every token event of the answer, saved with it: this run's share of `usage`.
+    msg.metrics.events = (msg.metrics.events || 0) + 1;
+    if (Number(event.id) <= liveAfter) return;
+    live += 1;
     last = performance.now();
     if (first === null) {
       first = last;
@@ -324,19 +348,18 @@ function run(msg, { resume = false } = {}) {
       }
       scheduleRender(msg);
     },
-    onDelta: ({ text }) => {
-      tick();
-      deltas += 1;
+    onDelta: ({ text }, event) => {
+      tick(event);
       msg.content += text;
       scheduleRender(msg);
     },
-    onReasoning: ({ text }) => {
-      tick();
+    onReasoning: ({ text }, event) => {
+      tick(event);
       msg.reasoning = (msg.reasoning || '') + text;
       scheduleRender(msg);
     },
-    onToolCall: (data) => {
-      tick();
+    onToolCall: (data, event) => {
+      tick(event);
       msg.toolCalls = msg.toolCalls || [];
       const call = msg.toolCalls.find((c) => c.index === data.index);
       if (call) {
@@ -363,7 +386,9 @@ function run(msg, { resume = false } = {}) {
       if (!msg.streamId && info.streamId) msg.streamId = info.streamId;
       msg.status = { done: 'done', finished: 'done', cancelled: 'cancelled', closed: 'cancelled' }[info.reason] || 'error';
       if (msg.status === 'error' && !msg.error) msg.error = { code: 'unknown', message: 'The stream failed.' };
-      const count = msg.metrics.usage?.completion_tokens ?? deltas;
+      // With usage: the live events' share of the answer's tokens; else one token an event.
+      const usage = msg.metrics.usage?.completion_tokens;
+      const count = usage != null && msg.metrics.events ? (usage * live) / msg.metrics.events : live;
       if (first !== null && last > first && count > 1) {
         msg.metrics.tps = (count - 1) / ((last - first) / 1000);
       }
@@ -379,17 +404,24 @@ function run(msg, { resume = false } = {}) {
       els.input.focus();
     },
   };
-  let stream;
+  let stream = null;
+  const current = { msg, stream, stopped: false };
+  active = current;
   if (resume) {
-    stream = followStream(msg.streamId, {
-      ...options, lastEventId: msg.lastEventId || '', token: msg.token || null,
+    lastIdBeforeResume(msg).then((id) => {
+      liveAfter = id;
+      stream = followStream(msg.streamId, {
+        ...options, lastEventId: msg.lastEventId || '', token: msg.token || null,
+      });
+      current.stream = stream;
+      if (current.stopped) stream.cancel(); // Stop or New chat while we asked
     });
   } else {
     const body = { messages: history(msg) };
     if (chat.model) body.model = chat.model;
     stream = startStream({ ...options, body });
+    current.stream = stream;
   }
-  active = { msg, stream };
   updateControls();
   scheduleRender(msg);
 }
@@ -421,11 +453,13 @@ function regenerate(msg) {
 }
 
 function stop() {
-  if (active) active.stream.cancel();
+  if (!active) return;
+  active.stopped = true;
+  active.stream?.cancel();
 }
 
 function newChat() {
-  if (active) active.stream.cancel(); // nobody will read the rest: stop it on the server
+  stop(); // nobody will read the rest: stop it on the server
   active = null;
   chat.messages = [];
   saveNow();
