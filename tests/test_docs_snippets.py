@@ -80,12 +80,6 @@ class Gateway:
 
 
 @pytest.fixture(scope="session")
-def mock() -> Iterator[MockUpstream]:
-    with MockUpstream() as upstream:
-        yield upstream
-
-
-@pytest.fixture(scope="session")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """``ssegate serve`` with the demo model at full speed, on a free port."""
     port = _free_port()
@@ -257,10 +251,10 @@ DOCS = doc_files()
 
 @pytest.mark.parametrize("doc", DOCS, ids=[d.relative_to(REPO).as_posix() for d in DOCS])
 def test_every_block_runs_as_written(
-    doc: Path, gateway: Gateway, mock: MockUpstream, tmp_path: Path
+    doc: Path, gateway: Gateway, mock_upstream: MockUpstream, tmp_path: Path
 ) -> None:
     blocks = read_blocks(doc)
-    run = DocRun(tmp_path, gateway, mock)
+    run = DocRun(tmp_path, gateway, mock_upstream)
     run.run(blocks)
     assert not run.failures, "\n\n".join(run.failures)
 
