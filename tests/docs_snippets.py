@@ -2,26 +2,20 @@
 
 ``tests/test_docs_snippets.py`` drives this module; its docstring says what a block means. This
 module holds the parts: the markdown reader (:func:`read_blocks`), the matcher that compares a
-sample output with what a command really printed (:func:`match_sample`), the shell runner
-(:func:`run_shell`) and, when run as a script, the driver of Python blocks
-(``python docs_snippets.py <block.py>``).
+sample output with what a command really printed (:func:`match_sample`) and the shell runner
+(:func:`run_shell`); ``docs_python_block.py`` runs a Python block.
 """
 
 from __future__ import annotations
 
-import ast
-import io
 import json
 import os
 import re
 import signal
 import subprocess
-import sys
 import time
-import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 ELLIPSIS = "…"
@@ -83,7 +77,7 @@ def read_blocks(path: Path) -> list[Block]:
         try:
             note = _annotation(above)
         except ValueError as exc:
-            raise ValueError(f"{rel}:{i}: {exc}") from None
+            raise ValueError(f"{rel}:{i + 1}: {exc}") from None
         kind, arg = note if note else (None, "")
         info = opening.group("info").strip()
         lang = info.split()[0] if info else ""
@@ -477,97 +471,3 @@ def run_shell(
     pieces = _MARK.split(stdout)
     outputs = [pieces[k] for k in range(0, len(pieces) - 1, 2)]
     return ShellResult(returncode, outputs, pieces[-1], stderr, error_line, http_errors)
-
-
-# ---- python blocks (this file run as a script) ---------------------------------------------
-
-
-def _comments(source: str) -> dict[int, str]:
-    found: dict[int, str] = {}
-    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        if tok.type == tokenize.COMMENT:
-            found[tok.start[0]] = tok.string[1:].strip()
-    return found
-
-
-def _check(value: Any, shown: str, line: int) -> None:
-    try:
-        expected = ast.literal_eval(shown)
-    except (ValueError, SyntaxError):
-        ok = repr(value) == shown
-    else:
-        ok = value == expected
-    if not ok:
-        raise AssertionError(f"block line {line}: the comment says {shown}, the value is {value!r}")
-
-
-def _with_checks(source: str) -> ast.Module:
-    """Doctest-style: a top-level expression whose line ends in a comment (or is followed by a
-    comment line) is checked against it (``decoder.last_event_id  # '7'``): a Python literal is
-    compared by value, anything else with the value's ``repr``."""
-    tree = ast.parse(source)
-    comments = _comments(source)
-    lines = source.splitlines()
-    for index, node in enumerate(tree.body):
-        end = node.end_lineno or 0
-        shown = comments.get(end)
-        if shown is None and end < len(lines) and lines[end].lstrip().startswith("#"):
-            shown = comments.get(end + 1)  # the value on the line below, as a comment
-        if isinstance(node, ast.Expr) and shown:
-            call = ast.Call(
-                ast.Name("__docs_check", ast.Load()),
-                [node.value, ast.Constant(shown), ast.Constant(node.lineno)],
-                [],
-            )
-            tree.body[index] = ast.copy_location(ast.Expr(call), node)
-    return ast.fix_missing_locations(tree)
-
-
-def _exercise_app(app: Any) -> None:
-    """A block that builds an ASGI ``app`` runs when it is served: GET every route without
-    path parameters (required query parameters get the seed's ``xx``) and read it to its end."""
-    import httpx
-    from fastapi.routing import APIRoute
-
-    from ssegate import Decoder
-    from ssegate.testing import run_server
-
-    routes = [
-        r
-        for r in app.routes
-        if isinstance(r, APIRoute) and "GET" in r.methods and "{" not in r.path
-    ]
-    if not routes:
-        raise AssertionError("the block's app has no GET route to try")
-    with run_server(app) as server:
-        for route in routes:
-            params = {
-                p.alias: "xx" for p in route.dependant.query_params if p.field_info.is_required()
-            }
-            with httpx.stream(
-                "GET", server.url + route.path, params=params, timeout=10
-            ) as response:
-                body = response.read()
-            if response.status_code != 200:
-                raise AssertionError(
-                    f"GET {route.path}: HTTP {response.status_code} {body[:200]!r}"
-                )
-            if response.headers["content-type"].startswith("text/event-stream"):
-                events = Decoder().feed(body)
-                if not events:
-                    raise AssertionError(f"GET {route.path}: an event stream with no event")
-                print(f"GET {route.path}: {len(events)} events", file=sys.stderr)
-
-
-def run_python_block(path: str) -> None:
-    """Run a Python block as ``__main__``, with its comment checks; then serve its ``app``."""
-    source = Path(path).read_text("utf-8")
-    namespace: dict[str, Any] = {"__name__": "__main__", "__docs_check": _check}
-    exec(compile(_with_checks(source), path, "exec"), namespace)
-    app = namespace.get("app")
-    if app is not None and hasattr(app, "routes"):
-        _exercise_app(app)
-
-
-if __name__ == "__main__":
-    run_python_block(sys.argv[1])

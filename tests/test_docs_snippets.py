@@ -63,7 +63,7 @@ from ssegate.testing import MockUpstream
 SHELL = {"sh", "bash", "shell"}
 BLOCK_TIMEOUT = 90.0
 _SERVES = re.compile(r"^[^#]*\b(?:make serve|ssegate serve)\b", re.MULTILINE)
-_DRIVER = Path(__file__).with_name("docs_snippets.py")
+_DRIVER = Path(__file__).with_name("docs_python_block.py")
 
 
 def _free_port() -> int:
