@@ -264,8 +264,6 @@ def test_every_block_runs_as_written(
 _OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 _CODE_SPAN = re.compile(r"`([^`\n]+)`")
 _VARIABLE = re.compile(r"\bSSEGATE_[A-Z0-9_]+\b")
-# Named in the docs, not yet options: (wp-config is making them options, issue 18 item 13).
-PENDING_OPTIONS = {"--max-streams", "--max-events-per-stream"}
 
 
 def _help(*command: str) -> str:
@@ -318,7 +316,7 @@ def test_options_and_variables_named_in_the_docs_exist() -> None:
     for doc in DOCS:
         rel = doc.relative_to(REPO).as_posix()
         for number, option in _named_options(doc):
-            if option not in known and option not in PENDING_OPTIONS:
+            if option not in known:
                 missing.append(
                     f"{rel}:{number}: {option} is no option of ssegate (or the benchmarks)"
                 )
@@ -327,8 +325,6 @@ def test_options_and_variables_named_in_the_docs_exist() -> None:
                 if name not in helps and f'"{name}"' not in sources:
                     missing.append(f"{rel}:{number}: nothing reads {name}")
     assert not missing, "\n".join(missing)
-    arrived = PENDING_OPTIONS & known
-    assert not arrived, f"{arrived} exist now: take them out of PENDING_OPTIONS"
 
 
 # ---- the matcher itself --------------------------------------------------------------------
