@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from .. import __version__
 from .._jobs import JobManager, JobObserver, ObserverChain
 from .._shutdown import SHUTDOWN_STATE_KEY
-from ..server import ShutdownAwareServer
+from ..server import ShutdownAwareServer, listening_sockets
 from ..store import Store, StoreUnavailableError
 from ..store.memory import MemoryStore, MemoryStoreConfig
 from ._auth import AuthMiddleware, GatewaySecurity
@@ -273,9 +273,20 @@ def run(settings: Settings) -> int:
         log.error("cannot start: %s", problem)
         return 1
     server = _GatewayServer(config, app, server_config.drain_timeout)
+    try:
+        sockets = listening_sockets(
+            server_config.host, server_config.port, server_config.listeners, backlog=config.backlog
+        )
+    except OSError as exc:
+        log.error("cannot listen on %s:%s: %s", server_config.host, server_config.port, exc)
+        return 1
     _tune_gc()
-    with _asyncio_declared():
-        server.run()
+    try:
+        with _asyncio_declared():
+            server.run(sockets=sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
     return 0 if server.started else 1
 
 

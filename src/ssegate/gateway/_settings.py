@@ -57,6 +57,14 @@ class ServerConfig:
     drain_timeout: float = option(
         30.0, "Seconds in-flight generations get to finish on SIGTERM.", minimum=0
     )
+    listeners: int = option(
+        16,
+        "Listening sockets on the port (SO_REUSEPORT, Linux; elsewhere always 1). The event "
+        "loop accepts one connection per socket per turn: more sockets accept a burst of new "
+        "connections sooner while many streams keep the loop busy.",
+        minimum=1,
+        maximum=256,
+    )
 
     def __post_init__(self) -> None:
         validate(self)
