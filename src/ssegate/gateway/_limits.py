@@ -35,9 +35,9 @@ class _BodyTooLarge(Exception):
 class BodyLimitMiddleware:
     """Refuse request bodies over ``max_bytes`` with 413, counting bytes as they arrive.
 
-    ``Content-Length`` over the limit is refused before a byte is read; a body without one
-    (chunked) or one that lies is cut off as soon as the count passes the limit, so the app
-    never holds more than ``max_bytes`` of one request in memory.
+    ``Content-Length`` over the limit is refused before a byte is read; a chunked body is cut
+    off as soon as the count passes the limit, so the app never holds more than ``max_bytes``
+    of one request in memory.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -64,12 +64,20 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        chunked = False
         for name, value in scope["headers"]:
             if name == b"content-length":
                 # The server (h11/httptools) has refused a malformed Content-Length already.
                 if value.strip().isdigit() and int(value) > self.max_bytes:
                     await self._refusal()(scope, receive, send)
                     return
+            elif name == b"transfer-encoding":
+                chunked = True
+        if not chunked:
+            # No body, or one of a declared length within the limit (the server delivers no
+            # more than that): nothing to count, and an event stream's writes pass unwrapped.
+            await self.app(scope, receive, send)
+            return
         received = 0
         exceeded = False
         started = False

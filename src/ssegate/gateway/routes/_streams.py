@@ -189,9 +189,10 @@ def event_stream_response(
     )
 
 
-def _json_body(content_type: Annotated[str | None, Header()] = None) -> None:
+async def _json_body(content_type: Annotated[str | None, Header()] = None) -> None:
     """Refuse a body not declared as JSON (FastAPI would not parse it, and say something less
-    helpful)."""
+    helpful). ``async``, though it awaits nothing: FastAPI runs a plain ``def`` dependency in
+    a worker thread, a thread hand-off per request."""
     media = (content_type or "").partition(";")[0].strip().lower()
     json_like = media.startswith("application/") and media.endswith("+json")
     if media == "application/json" or json_like:
