@@ -29,6 +29,7 @@ This module imports uvicorn; ``import ssegate`` does not import it.
 
 from __future__ import annotations
 
+import logging
 import socket
 import sys
 from typing import Any
@@ -38,6 +39,8 @@ import uvicorn
 from ._shutdown import SHUTDOWN_STATE_KEY, ShutdownSignal
 
 __all__ = ["ShutdownAwareServer", "listening_sockets", "serve"]
+
+_uvicorn_log = logging.getLogger("uvicorn.error")
 
 
 class ShutdownAwareServer(uvicorn.Server):
@@ -63,6 +66,14 @@ class ShutdownAwareServer(uvicorn.Server):
         state = getattr(getattr(self, "lifespan", None), "state", None)
         if isinstance(state, dict):
             state.setdefault(SHUTDOWN_STATE_KEY, self.shutdown_signal)
+        if sockets and self.started:
+            # uvicorn says where it listens only for sockets it opened itself.
+            host, port = sockets[0].getsockname()[:2]
+            scheme = "https" if self.config.ssl else "http"
+            shown = f"[{host}]" if ":" in host else host
+            _uvicorn_log.info(
+                "Uvicorn running on %s://%s:%d (Press CTRL+C to quit)", scheme, shown, port
+            )
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         """Trip the signal, then shut down as uvicorn does (which now finds streams ending)."""
