@@ -42,7 +42,7 @@ import sniffio
 from ssegate.gateway import _app
 from ssegate.gateway import Settings
 
-def serve(self):  # the server's run, as uvicorn.Server.run is called by run()
+def serve(self, sockets=None):  # the server's run, as uvicorn.Server.run is called by run()
     print("library:", sniffio.current_async_library_cvar.get())
     self.started = True
 
