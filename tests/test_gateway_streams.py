@@ -126,6 +126,25 @@ async def test_last_event_id_is_validated(value: str, status: int) -> None:
                 assert response.json()["error"]["code"] == "invalid_last_event_id"
 
 
+async def test_the_last_event_id_header_wins_over_the_query() -> None:
+    # An EventSource reconnects to its URL, `?last_event_id=` included, with the header set to
+    # where it is: the header says where the client is, the query where it first started.
+    with running_gateway() as gw:
+        async with httpx.AsyncClient(base_url=gw.url) as client:
+            created = (await client.post("/v1/streams", json=ask("[[tokens:3]]"))).json()
+            async with client.stream("GET", created["events_url"]) as response:
+                last = len(await collect(response))
+            url = f"{created['events_url']}?last_event_id=2"
+            finished = await client.get(url, headers={"Last-Event-ID": str(last)})
+            assert finished.status_code == 204
+            async with client.stream("GET", url, headers={"Last-Event-ID": "4"}) as response:
+                ids = [e[0] for e in payloads(await collect(response))]
+            assert ids == list(range(5, last + 1))
+            async with client.stream("GET", url, headers={"Last-Event-ID": ""}) as response:
+                ids = [e[0] for e in payloads(await collect(response))]
+            assert ids == list(range(3, last + 1))  # an empty header says nothing
+
+
 async def test_unknown_and_expired_streams_are_404() -> None:
     with running_gateway(stream_ttl=0.2) as gw:
         async with httpx.AsyncClient(base_url=gw.url) as client:

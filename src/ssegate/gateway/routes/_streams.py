@@ -96,8 +96,14 @@ class StreamRequest(BaseModel):
 
 
 def _parse_last_event_id(header: str | None, query: str | None) -> int:
-    raw = query if query is not None else header
-    if raw is None or raw == "":
+    """Where the client is: the ``Last-Event-ID`` header when it is sent, else the query.
+
+    The query only says where a first connection starts. ``EventSource`` reconnects to the
+    same URL, query included, with the header set to the last id it got: preferring the
+    query would replay the same events forever.
+    """
+    raw = header if header else query
+    if not raw:
         return 0
     raw = raw.strip()
     if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
@@ -351,7 +357,7 @@ async def stream_events(
     last_event_id: Annotated[str | None, Query(max_length=32)] = None,
     token: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Response:
-    """Events with id > ``Last-Event-ID`` (header, or ``?last_event_id=``), then live ones.
+    """Events with id > ``Last-Event-ID`` (the header, else ``?last_event_id=``), then live ones.
 
     ``204`` when the stream is finished and the client already has its last event. With API
     keys on, send the key that started the stream, or the stream's read ``token``.
