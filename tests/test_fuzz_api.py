@@ -6,7 +6,13 @@ The HTTP fuzzer draws its routes from the app's OpenAPI schema (plus the routes 
 mixes valid and broken parts: path parameters with odd characters, unknown and malformed query
 parameters, wrong methods and content types, bad and good API keys and read tokens, malformed
 ``Last-Event-ID``, near-valid JSON bodies with wrong types and unknown fields, arbitrary JSON,
-non-UTF-8 bytes, NaN, bodies over the size limit, a huge header now and then.
+non-UTF-8 bytes, bodies over the size limit, a huge header now and then.
+
+Bodies are also written as JSON *text* the way a hostile client sends it, which Python's
+``json`` module would never produce: any Unicode including lone surrogates as ``\\ud800``
+escapes and as raw ``ED A0 80`` bytes, integers of any size, the literal tokens ``NaN``,
+``Infinity`` and ``-Infinity``, and nesting thousands of levels deep, inside otherwise valid
+requests (so they reach the model validation and the upstream call, not only the parser).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from hypothesis import strategies as st
 
 from ssegate import Decoder, SseProtocolError
 from ssegate.gateway import Settings, create_app
-from ssegate.testing import run_server
+from ssegate.testing import MockUpstream, run_server
 
 # -- the decoder -------------------------------------------------------------------------------
 
@@ -137,8 +143,18 @@ class Target:
 
 
 @pytest.fixture(scope="module")
-def target() -> Iterator[Target]:
+def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+    # Two models: the demo (the default), and "mock", an OpenAI-compatible upstream, so that
+    # what passes validation is also sent upstream as JSON.
+    upstream = MockUpstream().start()
+    model_map = tmp_path_factory.mktemp("fuzz") / "models.toml"
+    model_map.write_text(
+        f'["ssegate-demo"]\nprovider = "demo"\n\n'
+        f'["mock"]\nprovider = "openai"\nbase_url = "{upstream.url}/v1"\n',
+        encoding="utf-8",
+    )
     config = Settings.from_options(
+        model_map=str(model_map),
         demo_rate=0,
         api_keys=(f"fuzz:{KEY}",),
         rate_limit=0,
@@ -163,7 +179,7 @@ def target() -> Iterator[Target]:
         ("POST", "/v1/"),
         ("GET", "/docs"),
     ]
-    with run_server(app) as server:
+    with upstream, run_server(app) as server:
         created = httpx.post(
             server.url + "/v1/streams",
             json={"messages": [{"role": "user", "content": "seed"}]},
@@ -180,7 +196,19 @@ _HEADER_TEXT = st.text(
     max_size=60,
 ).map(lambda s: s.strip(" \t") or "x")
 _ODD_SEGMENTS = st.sampled_from(
-    ["%00", "%FF", "%2F", "..", "..%2F..%2Fetc%2Fpasswd", "%E4%BD%A0", "a%20b", "st_", "x" * 3000]
+    [
+        "%00",
+        "%FF",
+        "%2F",
+        "..",
+        "..%2F..%2Fetc%2Fpasswd",
+        "%E4%BD%A0",
+        "a%20b",
+        "st_",
+        "x" * 3000,
+        "%ED%A0%80",
+        "%F0%9F",
+    ]
 )
 
 
@@ -266,6 +294,93 @@ _VALID_CHAT = st.fixed_dictionaries(
 )
 
 
+# -- JSON text as a hostile client writes it ----------------------------------------------------
+
+_SURROGATE = st.integers(min_value=0xD800, max_value=0xDFFF)
+# Tokens are bytes: a raw surrogate (ED A0 80) is no valid text in any Python str encoding.
+_STRING_PIECE = st.one_of(
+    st.text(max_size=6).map(lambda t: json.dumps(t, ensure_ascii=False)[1:-1].encode()),
+    st.text(max_size=6).map(lambda t: json.dumps(t)[1:-1].encode()),  # \\u escapes
+    _SURROGATE.map(lambda c: f"\\u{c:04x}".encode()),  # a lone surrogate as an escape
+    _SURROGATE.map(lambda c: chr(c).encode("utf-8", "surrogatepass")),  # ... as raw bytes
+)
+_STRING_TOKEN = st.lists(_STRING_PIECE, max_size=4).map(lambda parts: b'"' + b"".join(parts) + b'"')
+_NUMBER_TOKEN = st.one_of(
+    st.integers(),  # any size
+    st.integers(min_value=2**63 - 2, max_value=2**64 + 2),
+    st.integers(min_value=2**64, max_value=2**200).map(lambda n: -n),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.sampled_from(["NaN", "Infinity", "-Infinity", "-NaN", "1e400", "-1e400", "-0", "1E-400"]),
+).map(lambda n: str(n).encode())
+_SCALAR_TOKEN = st.one_of(
+    _STRING_TOKEN, _NUMBER_TOKEN, st.sampled_from([b"true", b"false", b"null"])
+)
+
+
+def _array(items: list[bytes]) -> bytes:
+    return b"[" + b",".join(items) + b"]"
+
+
+def _object(pairs: list[tuple[bytes, bytes]]) -> bytes:
+    return b"{" + b",".join(k + b":" + v for k, v in pairs) + b"}"
+
+
+_VALUE_TOKEN = st.recursive(
+    _SCALAR_TOKEN,
+    lambda inner: (
+        st.lists(inner, max_size=3).map(_array)
+        | st.lists(st.tuples(_STRING_TOKEN, inner), max_size=3).map(_object)
+    ),
+    max_leaves=8,
+)
+_DEEP_TOKEN = st.tuples(st.integers(min_value=1, max_value=3000), st.booleans()).map(
+    lambda d: b"[" * d[0] + b"]" * d[0] if d[1] else b'{"a":' * d[0] + b"1" + b"}" * d[0]
+)
+_HOSTILE_TOKEN = st.one_of(_SCALAR_TOKEN, _VALUE_TOKEN, _DEEP_TOKEN)
+
+
+# A string of the right type that is still no Unicode text, about half the time.
+_HOSTILE_STRING = st.one_of(
+    st.tuples(_STRING_TOKEN, _SURROGATE).map(
+        lambda t: t[0][:-1] + f"\\u{t[1]:04x}".encode() + b'"'
+    ),
+    st.tuples(_STRING_TOKEN, _SURROGATE).map(
+        lambda t: t[0][:-1] + chr(t[1]).encode("utf-8", "surrogatepass") + b'"'
+    ),
+    _STRING_TOKEN,
+)
+# Where one hostile value goes; every other part of the body is valid, so that a value that
+# survives validation goes on to the model (demo) or the upstream call (mock).
+_SLOTS = ("content", "name", "message_extra", "max_tokens", "seed", "x_unknown", "metadata")
+
+
+@st.composite
+def hostile_chat_text(draw: st.DrawFn) -> bytes:
+    """A valid chat body as JSON text, but for a hostile value in one place."""
+    slot = draw(st.sampled_from(_SLOTS))
+    hostile = draw(st.one_of(_HOSTILE_STRING, _HOSTILE_TOKEN))
+    content = hostile if slot == "content" else draw(_HOSTILE_STRING)
+    message = [(b'"role"', b'"user"'), (b'"content"', content)]
+    if slot == "name":
+        message.append((b'"name"', hostile))
+    elif slot == "message_extra":
+        message.append((draw(_STRING_TOKEN), hostile))
+    fields = [(b'"messages"', _array([_object(message)]))]
+    if slot == "metadata":
+        fields.append((b'"metadata"', _object([(draw(_HOSTILE_STRING), hostile)])))
+    elif slot not in ("content", "name", "message_extra"):
+        fields.append((f'"{slot}"'.encode(), hostile))
+    model = draw(st.sampled_from([None, b'"ssegate-demo"', b'"mock"']))
+    if model is not None:
+        fields.append((b'"model"', model))
+    if draw(st.booleans()):
+        fields.append((b'"stream"', b"true"))
+    return _object(fields)
+
+
+_OVERSIZED = st.just(b'{"messages": [{"role": "user", "content": "' + b"x" * MAX_BODY + b'"}]}')
+
+
 def _body() -> st.SearchStrategy[tuple[bytes | None, str | None]]:
     """(body, the Content-Type it is sent with)."""
     content_types = st.sampled_from(
@@ -291,9 +406,13 @@ def _body() -> st.SearchStrategy[tuple[bytes | None, str | None]]:
         st.binary(max_size=200),
         _CHAT.map(lambda d: json.dumps({**d, "temperature": float("nan")}).encode()),
         _CHAT.map(lambda d: json.dumps(d, ensure_ascii=False).encode("utf-16")),
-        st.just(b'{"messages": [{"role": "user", "content": "' + b"x" * MAX_BODY + b'"}]}'),
+        _OVERSIZED,
+        _OVERSIZED.map(bytes),  # twice as likely (one_of merges a strategy given twice)
         st.just(b'{"messages": [{"role": "user", "content": "\xff\xfe"}]}'),
         st.just(b'{"messages": ' * 200),
+        hostile_chat_text(),
+        hostile_chat_text(),
+        _HOSTILE_TOKEN,
     )
     return st.tuples(bodies, content_types)
 
@@ -321,6 +440,17 @@ def http_requests(draw: st.DrawFn, target: Target) -> dict[str, Any]:
             "content": body,
             "big_header": False,
         }
+    if draw(st.integers(0, 3)) == 0:
+        # Hostile JSON values in a chat body, past auth and the parser, into validation.
+        path = draw(st.sampled_from(["/v1/streams", "/v1/chat/completions"]))
+        return {
+            "method": "POST",
+            "url": target.url + path,
+            "headers": {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+            "content": draw(hostile_chat_text()),
+            "big_header": False,
+            "follow": True,  # read the answer to its end: a late "internal" error is a 500 too
+        }
     if draw(st.integers(0, 9)) == 0:
         method = draw(_METHODS)
     path = re.sub(r"\{[^}]+\}", lambda _: draw(_segment(target)), template)
@@ -332,6 +462,7 @@ def http_requests(draw: st.DrawFn, target: Target) -> dict[str, Any]:
                     _TEXT,
                     _SOME_IDS,
                     st.sampled_from(["0", "1", "-1", "nan", "inf", "1e309", "", target.token]),
+                    st.sampled_from(["%ED%A0%80", "%ED%A0%80x", "%F0%9F", "9" * 25]),
                 ),
             ),
             max_size=3,
@@ -358,7 +489,7 @@ def http_requests(draw: st.DrawFn, target: Target) -> dict[str, Any]:
     big = draw(st.integers(0, 49)) == 0
     return {
         "method": method,
-        "url": target.url + path + ("?" + urlencode(query) if query else ""),
+        "url": target.url + path + ("?" + urlencode(query, safe="%") if query else ""),
         "headers": {
             k: v.encode("latin-1") if isinstance(v, str) else v for k, v in headers.items()
         },
@@ -384,8 +515,28 @@ def _check(request: dict[str, Any], response: httpx.Response, body: bytes) -> No
         assert response.headers["www-authenticate"].startswith("Bearer"), where
 
 
+# What Python's json module accepts and RFC 8259 does not: lone surrogates (escaped or raw),
+# integers past 64 bits, NaN and Infinity.
+_HOSTILE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]|NaN|Infinity|\d{20}")
+
+
+def _check_answer(client: httpx.Client, response: httpx.Response, body: bytes) -> None:
+    """A request that was accepted must not fail later on our side: a stream started with
+    201 is followed to its end, and no answer may carry the code ``internal``."""
+    if response.status_code == 201:
+        created = json.loads(body)
+        with client.stream(
+            "GET",
+            response.url.join(created["events_url"]),
+            headers={"Authorization": f"Bearer {KEY}"},
+        ) as events:
+            body = events.read()
+    assert b'"internal"' not in body, body[:300]
+
+
 def test_no_generated_request_gets_a_5xx(target: Target) -> None:
     statuses: Counter[int] = Counter()
+    hostile: Counter[int] = Counter()  # statuses of JSON bodies with hostile values
     with httpx.Client(timeout=httpx.Timeout(10.0)) as client:
         # Derandomized: the same 2,000 requests every run (a seed from the test itself), so
         # that the reach asserted below is a property of the generator, not of the draw.
@@ -398,15 +549,22 @@ def test_no_generated_request_gets_a_5xx(target: Target) -> None:
         )
         @given(request=http_requests(target))
         def fuzz(request: dict[str, Any]) -> None:
-            sent = {k: v for k, v in request.items() if k != "big_header"}
+            sent = {k: v for k, v in request.items() if k not in ("big_header", "follow")}
             if request["big_header"]:
                 sent["headers"] = {**request["headers"], "X-Big": b"b" * 32_000}
+            follow = request.get("follow", False)
             with client.stream(**sent) as response:
-                if response.headers.get("content-type", "").startswith("text/event-stream"):
-                    body = b""  # a live stream: the status and headers are what we check
-                else:
-                    body = response.read()
+                live = response.headers.get("content-type", "").startswith("text/event-stream")
+                # A live stream: the status and headers are what we check, unless it is one we
+                # follow (the demo and the mock end theirs at once).
+                body = response.read() if follow or not live else b""
             statuses[response.status_code] += 1
+            if follow:
+                _check_answer(client, response, body)
+            content_type = str(request["headers"].get("Content-Type", ""))
+            if request["content"] and "application/json" in content_type:
+                if _HOSTILE.search(request["content"]):
+                    hostile[response.status_code] += 1
             _check(request, response, body)
 
         fuzz()
@@ -414,6 +572,51 @@ def test_no_generated_request_gets_a_5xx(target: Target) -> None:
     # The generator reached past the front door: successes and many kinds of refusal.
     for status in (200, 201, 400, 401, 404, 405, 413, 415, 422):
         assert statuses[status] >= 5, (status, statuses)
+    # Hostile values reached the routes that take bodies, and were refused as such.
+    assert hostile[400] >= 100, (hostile, statuses)
+
+
+# -- values Python's json accepts and no upstream can take ---------------------------------------
+
+_MSG = b'{"messages": [{"role": "user", "content": "hi"%s}]%s}'
+_HI = _MSG % (b"", b"")
+
+
+@pytest.mark.parametrize("route", ["/v1/chat/completions", "/v1/streams"])
+@pytest.mark.parametrize(
+    ("body", "param", "says"),
+    [
+        (_HI.replace(b'"hi"', b'"a\\ud800"'), "messages[0].content", "surrogate"),
+        (_HI.replace(b'"hi"', b'"\xed\xa0\x80"'), "messages[0].content", "surrogate"),
+        (_MSG % (b', "name": "\\udfff"', b""), "messages[0].name", "surrogate"),
+        (_MSG % (b', "name": "x\xed\xbf\xbfy"', b""), "messages[0].name", "surrogate"),
+        (_MSG % (b"", b', "max_tokens": 18446744073709551616'), "max_tokens", "range"),
+        (_MSG % (b"", b', "max_tokens": 9223372036854775808'), "max_tokens", "range"),
+        (_MSG % (b"", b', "temperature": NaN'), "temperature", "NaN"),
+        (_MSG % (b"", b', "max_tokens": Infinity'), "max_tokens", "Infinity"),
+        (_MSG % (b', "x": ' + b"[" * 80 + b"]" * 80, b""), "messages[0].x" + "[0]" * 61, "deeper"),
+    ],
+    ids=[
+        "escaped-surrogate", "raw-surrogate", "name-escaped", "name-raw", "int-2^64", "int-2^63",
+        "nan", "infinity", "deep",
+    ],
+)  # fmt: skip
+def test_values_no_upstream_can_take_are_400s_saying_where(
+    target: Target, route: str, body: bytes, param: str | None, says: str
+) -> None:
+    model = b', "model": "mock"}'  # the OpenAI-compatible upstream: sent on as JSON if accepted
+    response = httpx.post(
+        target.url + route,
+        content=body[:-1] + model,
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_value", error
+    assert says in error["message"], error
+    if param is not None:
+        assert error["param"] == param, error
+        assert error["message"].startswith(param), error
 
 
 # -- an audit of the routes, case by case --------------------------------------------------------

@@ -21,6 +21,7 @@ from starlette.responses import Response
 
 from ..._errors import SsegateError
 from .._errors import ApiError
+from ._json_values import JsonValueError
 
 __all__ = ["OpenAIError", "OpenAIRoute", "stream_headers"]
 
@@ -146,6 +147,10 @@ class OpenAIRoute(APIRoute):
                 return exc.response()
             except RequestValidationError as exc:
                 return _validation_error(exc).response()
+            except JsonValueError as exc:
+                return OpenAIError(
+                    400, exc.message, param=exc.param, code="invalid_value"
+                ).response()
             except ApiError as exc:
                 return OpenAIError(
                     exc.status, exc.message, code=exc.code, headers=exc.headers
@@ -154,6 +159,11 @@ class OpenAIRoute(APIRoute):
                 if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
                     # Bytes FastAPI could not decode (not UTF-8/16/32): say so.
                     message = "We could not parse the JSON body of your request: it is not UTF-8."
+                    return OpenAIError(400, message, code="invalid_json").response()
+                if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
+                    message = (
+                        "We could not parse the JSON body of your request: it nests too deeply."
+                    )
                     return OpenAIError(400, message, code="invalid_json").response()
                 message = exc.detail if isinstance(exc.detail, str) else "request failed"
                 return OpenAIError(exc.status_code, message, headers=exc.headers).response()

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ...providers import ChatRequest
 from .._models import ModelRoute
+from ._json_values import check_json_values
 from ._openai_errors import OpenAIError
 
 __all__ = [
@@ -114,6 +115,12 @@ class ChatCompletionRequest(BaseModel):
     function_call: str | dict[str, Any] | None = None
     #: ssegate's own: what a dropped connection does (default: the gateway's policy).
     on_disconnect: Literal["cancel", "continue"] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sendable(cls, data: Any) -> Any:
+        check_json_values(data)  # JsonValueError (400) for what no upstream can take
+        return data
 
 
 # Fields handled here, never forwarded as they are.

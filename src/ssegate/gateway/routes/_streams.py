@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from fastapi import APIRouter, Body, Depends, Header, Query, Request
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
@@ -41,6 +41,7 @@ from .._event_streams import TrackedEventSourceResponse
 from .._limits import PromptLimitError, check_prompt
 from .._models import UnknownModelError
 from .._state import GatewayState, state_of
+from ._json_values import JsonValueError, check_json_values
 
 __all__ = ["StreamRequest", "event_stream_response", "router"]
 
@@ -57,10 +58,18 @@ class _StreamsRoute(APIRoute):
         async def streams_handler(request: Request) -> Response:
             try:
                 return await handler(request)
+            except JsonValueError as exc:
+                raise ApiError(
+                    400, "invalid_value", exc.message, extra={"param": exc.param}
+                ) from None
             except StarletteHTTPException as exc:
                 if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
                     raise ApiError(
                         400, "invalid_json", "the request body is not valid JSON text (UTF-8)"
+                    ) from None
+                if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
+                    raise ApiError(
+                        400, "invalid_json", "the request body nests too deeply"
                     ) from None
                 raise
 
@@ -93,6 +102,12 @@ class StreamRequest(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
     temperature: float | None = Field(default=None, ge=0, le=2)
     on_disconnect: Literal["cancel", "continue"] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sendable(cls, data: Any) -> Any:
+        check_json_values(data)  # JsonValueError (400) for what no upstream can take
+        return data
 
 
 def _parse_last_event_id(header: str | None, query: str | None) -> int:
