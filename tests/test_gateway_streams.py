@@ -294,6 +294,17 @@ async def test_continue_policy_keeps_generating_with_nobody_listening() -> None:
             422,
             "invalid_request",
         ),
+        # Strict types: no coercion of true to 1, or of a numeric string to a number.
+        (
+            '{"messages": [{"role": "user", "content": "x"}], "max_tokens": true}',
+            422,
+            "invalid_request",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "x"}], "temperature": "0.5"}',
+            422,
+            "invalid_request",
+        ),
     ],
 )
 async def test_bad_requests_get_a_clear_json_error(body: str, status: int, code: str) -> None:

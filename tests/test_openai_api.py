@@ -407,6 +407,65 @@ def test_invalid_bodies_are_bad_request_errors(gateway: Gateway, client: OpenAI)
     assert not [r for r in gateway.mock.requests if r.json and "robot" in json.dumps(r.json)]
 
 
+_HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"messages": _HI, "stream": "yes"}, "stream"),
+        ({"messages": _HI, "max_tokens": True}, "max_tokens"),
+        ({"messages": _HI, "max_tokens": 5.0}, "max_tokens"),
+        ({"messages": _HI, "temperature": "0.5"}, "temperature"),
+        ({"messages": _HI, "stream_options": {"include_usage": "yes"}, "stream": True},
+         "stream_options.include_usage"),
+        ({"messages": [{"role": "user", "content": None}]}, "messages[0].content"),
+        ({"messages": [{"role": "system"}, *_HI]}, "messages[0].content"),
+        ({"messages": [*_HI, {"role": "tool", "content": "42"}]}, "messages[1].tool_call_id"),
+        ({"messages": _HI, "stream_options": {"include_usage": True}}, "stream_options"),
+    ],
+    ids=[
+        "stream-string", "max_tokens-bool", "max_tokens-float", "temperature-string",
+        "include_usage-string", "user-content-null", "system-no-content", "tool-no-id",
+        "stream_options-without-stream",
+    ],
+)  # fmt: skip
+def test_strict_types_and_required_fields_are_400s_naming_the_param(
+    gateway: Gateway, client: OpenAI, body: dict[str, Any], param: str
+) -> None:
+    # As OpenAI answers: no coercion of "yes" or true, no message without what its role needs.
+    before = len(gateway.mock.requests)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="mock", **body)
+    error = refused.value.body
+    assert error["param"] == param, error  # type: ignore[index]
+    assert error["type"] == "invalid_request_error"  # type: ignore[index]
+    assert error["message"]  # type: ignore[index]
+    assert len(gateway.mock.requests) == before  # nothing went upstream
+
+
+def test_numbers_stay_numbers_under_strict_types(gateway: Gateway, client: OpenAI) -> None:
+    # Strict is about types, not JSON's number forms: an integer temperature is a number, and an
+    # assistant message with tool calls needs no content.
+    completion = client.chat.completions.create(
+        model="mock",
+        temperature=1,
+        messages=[
+            {"role": "user", "content": "weather? strict-numbers"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+        ],
+    )
+    assert completion.choices[0].message.content
+    assert gateway.record("strict-numbers").json["temperature"] == 1
+
+
 def test_an_unknown_model_is_not_found(client: OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as create:
         client.chat.completions.create(model="gpt-nope", messages=user("x"))

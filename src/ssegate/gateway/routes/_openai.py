@@ -50,7 +50,7 @@ from .._models import ModelRoute, UnknownModelError
 from .._state import GatewayState, state_of
 from ._openai_chunks import Chunks, Completion, event_data
 from ._openai_errors import OpenAIError, OpenAIRoute, stream_headers
-from ._openai_schema import ChatCompletionRequest, chat_request
+from ._openai_schema import ChatCompletionRequest, chat_request, check_shape
 
 __all__ = ["ChatCompletionRequest", "OpenAIError", "OpenAIRoute", "openai_caller", "router"]
 
@@ -293,6 +293,7 @@ async def create_chat_completion(
     """
     state = state_of(request)
     security = security_of(request)
+    check_shape(body)
     _check_prompt(state, body)
     route = _resolve(state, body.model)
     chat = chat_request(body, route)

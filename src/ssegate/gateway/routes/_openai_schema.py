@@ -26,13 +26,17 @@ __all__ = [
     "StreamOptions",
     "Tool",
     "chat_request",
+    "check_shape",
 ]
+
+# Strict, as OpenAI is: "stream": "yes", "max_tokens": true, "temperature": "0.5" are refused
+# (400 naming the param), not coerced. Integers are still accepted for numbers.
 
 
 class ChatMessage(BaseModel):
     """One message, as OpenAI defines it (extra fields pass through to the upstream)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
@@ -44,7 +48,7 @@ class ChatMessage(BaseModel):
 class FunctionDefinition(BaseModel):
     """A function tool's definition."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     name: str = Field(min_length=1, max_length=128)
     description: str | None = None
@@ -55,7 +59,7 @@ class FunctionDefinition(BaseModel):
 class Tool(BaseModel):
     """A tool the model may call (only function tools)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     type: Literal["function"]
     function: FunctionDefinition
@@ -64,7 +68,7 @@ class Tool(BaseModel):
 class StreamOptions(BaseModel):
     """``stream_options``: ``include_usage`` adds the final usage chunk."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     include_usage: bool | None = None
 
@@ -72,7 +76,7 @@ class StreamOptions(BaseModel):
 class ResponseFormat(BaseModel):
     """``response_format``: ``text``, ``json_object`` or ``json_schema``."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     type: Literal["text", "json_object", "json_schema"]
     json_schema: dict[str, Any] | None = None
@@ -81,7 +85,7 @@ class ResponseFormat(BaseModel):
 class ChatCompletionRequest(BaseModel):
     """Body of ``POST /v1/chat/completions``; unknown fields are kept (see the module doc)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     # How many, and how long: --max-messages and --max-prompt-chars (400 past them).
     messages: list[ChatMessage] = Field(min_length=1)
@@ -121,6 +125,37 @@ class ChatCompletionRequest(BaseModel):
     def _sendable(cls, data: Any) -> Any:
         check_json_values(data)  # JsonValueError (400) for what no upstream can take
         return data
+
+
+# Roles whose messages must have content (an assistant message may have tool calls instead).
+_CONTENT_REQUIRED = ("system", "developer", "user", "tool")
+
+
+def check_shape(body: ChatCompletionRequest) -> None:
+    """Refuse what OpenAI refuses beyond types: a message without the content or
+    ``tool_call_id`` its role needs, ``stream_options`` without ``stream``."""
+    for i, message in enumerate(body.messages):
+        if message.content is None and message.role in _CONTENT_REQUIRED:
+            raise OpenAIError(
+                400,
+                f"messages[{i}]: a {message.role} message must have content.",
+                param=f"messages[{i}].content",
+                code="invalid_value",
+            )
+        if message.role == "tool" and not message.tool_call_id:
+            raise OpenAIError(
+                400,
+                f"messages[{i}]: a tool message must have tool_call_id.",
+                param=f"messages[{i}].tool_call_id",
+                code="missing_required_parameter",
+            )
+    if body.stream_options is not None and not body.stream:
+        raise OpenAIError(
+            400,
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            param="stream_options",
+            code="invalid_value",
+        )
 
 
 # Fields handled here, never forwarded as they are.

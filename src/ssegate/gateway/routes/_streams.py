@@ -85,7 +85,7 @@ _READ_TOKEN_HEADER = "x-ssegate-read-token"
 class Message(BaseModel):
     """One chat message."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[dict[str, Any]] | None = Field(default=None)
@@ -94,7 +94,7 @@ class Message(BaseModel):
 class StreamRequest(BaseModel):
     """Body of ``POST /v1/streams``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     # How many, and how long: --max-messages and --max-prompt-chars (422 past them).
     messages: list[Message] = Field(min_length=1)
