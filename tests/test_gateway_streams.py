@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import time
 
 import anyio
@@ -371,6 +373,63 @@ async def test_upstream_faults_become_an_error_event_and_the_server_keeps_servin
             ) as response:
                 assert (await collect(response))[-1].event == "done"
             assert (await client.get("/healthz")).status_code == 200
+
+
+# What a client must never read in an error: an address, or a lower layer's exception name.
+_INTERNALS = re.compile(r"127\.0\.0\.1|localhost|:\d{2,5}\b|\b[A-Z]\w*(?:Error|Exception)\b|httpx")
+
+
+@pytest.mark.parametrize(
+    ("directive", "code"),
+    [
+        ("[[fault:http_401]]", "upstream_auth"),
+        ("[[fault:http_418]]", "upstream_error"),
+        ("[[fault:http_500]]", "upstream_unavailable"),
+        ("[[fault:drop]]", "upstream_protocol"),
+        ("[[fault:reset]]", "upstream_protocol"),
+        ("[[fault:hangup]]", "upstream_protocol"),
+        ("[[fault:no_end]]", "upstream_protocol"),
+        (None, "upstream_unreachable"),
+    ],
+)
+async def test_upstream_errors_tell_clients_the_code_and_the_log_the_upstream(
+    directive: str | None, code: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from ssegate.testing import closed_port_url
+
+    caplog.set_level(logging.INFO, logger="ssegate")
+    with MockUpstream() as mock:
+        base_url = mock.url if directive else closed_port_url()
+        where = base_url.removeprefix("http://")
+        with running_gateway(mock, base_url=base_url + "/v1") as gw:
+            async with (
+                httpx.AsyncClient(base_url=gw.url) as client,
+                client.stream(
+                    "POST", "/v1/streams", json=ask(f"[[tokens:3]] {directive}"), headers=SSE
+                ) as response,
+            ):
+                events = payloads(await collect(response))
+                stream_id = response.headers["x-ssegate-stream-id"]
+                status = (await client.get(f"/v1/streams/{stream_id}")).json()
+    kind, error = events[-1][1], events[-1][2]
+    assert (kind, error["code"]) == ("error", code)
+    for told in (error["message"], status["error"]["message"]):
+        assert told
+        assert not _INTERNALS.search(told), told
+    # The log keeps the detail, with the stream id.
+    logged = [r.getMessage() for r in caplog.records if stream_id in r.getMessage()]
+    assert any(where in line and code in line for line in logged), logged
+
+
+def test_every_code_an_upstream_status_gives_has_a_row_in_the_protocol_docs() -> None:
+    from pathlib import Path
+
+    from ssegate.providers import UpstreamHTTPError
+
+    table = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text("utf-8")
+    rows = set(re.findall(r"^\| `([a-z_<>]+)` \|", table, re.MULTILINE))
+    codes = {UpstreamHTTPError("x", status=s).code for s in range(100, 600) if s // 100 != 2}
+    assert codes - rows == set()
 
 
 async def test_unreachable_upstream_is_an_error_event() -> None:

@@ -519,6 +519,10 @@ def test_upstream_faults_are_server_errors_not_our_callers(client: OpenAI) -> No
     with pytest.raises(openai.BadRequestError) as refused:
         client.chat.completions.create(model="mock", messages=user("e5 [[fault:http_400]]"))
     assert refused.value.code == "upstream_bad_request"
+    # Clients are told what happened, not where the upstream is.
+    for raised in (auth, down, refused):
+        assert "127.0.0.1" not in raised.value.message, raised.value.message
+        assert "HTTP" in raised.value.message
 
 
 def test_a_mid_stream_upstream_failure_raises_api_error(gateway: Gateway, client: OpenAI) -> None:

@@ -85,14 +85,16 @@ async def test_http_status_errors(
     assert got == []
     assert type(error) is UpstreamHTTPError
     assert (error.status, error.code, error.retryable) == (status, code, retryable)
-    assert f"HTTP {status}: " in error.message  # the upstream's own message follows
+    # The client is told the status; the log (detail) also gets the upstream's own message.
+    assert f"HTTP {status}" in error.message
+    assert f"HTTP {status}: " in error.detail
 
 
 @pytest.mark.anyio
 async def test_key_echoed_by_the_upstream_is_redacted(mock: MockUpstream) -> None:
     # The mock's OpenAI 401 says "Incorrect API key provided: <the key>", as OpenAI does.
     _, error = await _run(_provider("openai", mock.url), "[[fault:http_401]]")
-    assert "Incorrect API key provided: ***" in error.message
+    assert "Incorrect API key provided: ***" in error.detail
 
 
 @pytest.mark.anyio
@@ -160,7 +162,8 @@ async def test_connection_refused() -> None:
     _, error = await _run(_provider("openai", closed_port_url()), "hi")
     assert type(error) is UpstreamConnectError
     assert (error.code, error.retryable) == ("upstream_unreachable", True)
-    assert "cannot connect to 127.0.0.1:" in error.message
+    assert "cannot connect" in error.message
+    assert "127.0.0.1:" in error.detail
 
 
 @pytest.mark.anyio

@@ -36,14 +36,26 @@ __all__ = ["EmitterClosedError", "ShuttingDownError", "SseProtocolError", "Ssega
 
 
 class SsegateError(Exception):
-    """Root of every error ssegate raises on purpose."""
+    """Root of every error ssegate raises on purpose.
+
+    ``message`` is what clients are told; ``detail`` (the message unless given) is what the log
+    gets: it may name addresses and lower-layer exceptions, which clients never see.
+    """
 
     code: str = "internal"
     retryable: bool = False
 
-    def __init__(self, message: str, *, code: str | None = None, retryable: bool | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        retryable: bool | None = None,
+        detail: str | None = None,
+    ):
         super().__init__(message)
         self.message = message
+        self.detail = detail or message
         if code is not None:
             self.code = code
         if retryable is not None:

@@ -444,7 +444,7 @@ class JobManager:
                 return _Outcome(StreamStatus.DONE, {"finish_reason": finish_reason}, usage=usage)
         except SsegateError as exc:
             if not job.scope.cancel_called:
-                logger.info("stream %s ended with %s: %s", sid, exc.code, exc.message)
+                logger.info("stream %s ended with %s: %s", sid, exc.code, exc.detail)
                 error = exc.to_dict()
                 return _Outcome(StreamStatus.ERROR, error, usage=usage, error=error)
         except Exception:

@@ -122,7 +122,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(SsegateError)
     async def _ssegate(request: Request, exc: SsegateError) -> Response:
-        log.warning("request failed: %s (%s)", exc.code, exc.message)
+        log.warning("request failed: %s (%s)", exc.code, exc.detail)
         status = 503 if exc.retryable else 500
         return error_response(status, exc.code, exc.message)
 

@@ -28,8 +28,9 @@ class UpstreamError(SsegateError):
         code: str | None = None,
         retryable: bool | None = None,
         status: int | None = None,
+        detail: str | None = None,
     ):
-        super().__init__(message, code=code, retryable=retryable)
+        super().__init__(message, code=code, retryable=retryable, detail=detail)
         self.status = status
 
 
@@ -62,14 +63,14 @@ _STATUS_CODES: dict[int, tuple[str, bool]] = {
 class UpstreamHTTPError(UpstreamError):
     """The upstream answered with a non-2xx status; ``code`` follows from the status."""
 
-    def __init__(self, message: str, *, status: int):
+    def __init__(self, message: str, *, status: int, detail: str | None = None):
         if status in _STATUS_CODES:
             code, retryable = _STATUS_CODES[status]
         elif status >= 500:
             code, retryable = "upstream_unavailable", True
         else:
             code, retryable = "upstream_error", False
-        super().__init__(message, code=code, retryable=retryable, status=status)
+        super().__init__(message, code=code, retryable=retryable, status=status, detail=detail)
 
 
 class UpstreamProtocolError(UpstreamError):

@@ -17,8 +17,12 @@ status not 2xx                         ``UpstreamHTTPError`` (code from the stat
 ``InvalidURL``/``UnsupportedProtocol`` ``UpstreamConnectError`` (``upstream_unreachable``, no)
 =====================================  ===========================================================
 
-Messages name the upstream by ``host:port`` only and pass through :func:`redact`, so neither
-the API key, configured header values, nor URL credentials reach logs or clients.
+Messages (what clients are told) say what happened without the upstream's address or the
+exception behind it; the error's ``detail`` (what the log gets, with the stream id) names the
+upstream by ``host:port`` and the lower-layer exception. Both pass through :func:`redact`, so
+neither the API key, configured header values, nor URL credentials reach logs or clients.
+An upstream's own error message is told to clients only where it is about the request itself
+(HTTP 400, 413, 422: too long, a bad tool schema), never for our key, our quota or its faults.
 """
 
 from __future__ import annotations
@@ -70,6 +74,9 @@ _MESSAGE_LIMIT = 500
 # How long to wait for the rest of the body after the upstream's end marker; reading it to the
 # end lets httpx return the connection to the pool instead of closing it.
 _DRAIN_SECONDS = 0.5
+# Statuses whose upstream message is about the caller's request (too long, a bad tool schema),
+# so the caller is told it; for the others (our key, our quota, its own faults) the log is.
+_TOLD_STATUSES = frozenset({400, 413, 422})
 # Stream error codes that mean "try again later".
 _RETRYABLE_HINTS = ("overload", "rate_limit", "server_error", "api_error", "unavailable", "timeout")
 
@@ -277,26 +284,24 @@ def map_httpx_error(exc: Exception, config: ProviderConfig) -> UpstreamError:
     where = config.target
     # httpx's ReadError on a reset has an empty message; the OS error under it says more.
     reason = str(exc) or str(exc.__context__ or "")
-    detail = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
-    secrets = config.secrets()
+    cause = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+    detail = redact(f"{where}: {cause}", config.secrets())
     if isinstance(exc, httpx.ConnectTimeout):
-        return UpstreamConnectError(
-            f"timed out after {config.connect_timeout:g}s connecting to {where}",
-            code="upstream_connect_timeout",
-        )
+        message = f"timed out after {config.connect_timeout:g}s connecting to the upstream"
+        return UpstreamConnectError(message, code="upstream_connect_timeout", detail=detail)
     if isinstance(exc, httpx.PoolTimeout):
-        return UpstreamConnectError(
-            f"no free connection to {where} (pool of {config.max_connections})"
-        )
+        message = f"no free connection to the upstream (pool of {config.max_connections})"
+        return UpstreamConnectError(message, detail=detail)
     if isinstance(exc, httpx.ConnectError):
-        return UpstreamConnectError(redact(f"cannot connect to {where}: {detail}", secrets))
+        return UpstreamConnectError("cannot connect to the upstream", detail=detail)
     if isinstance(exc, httpx.TimeoutException):
-        return UpstreamTimeoutError(f"{where} sent nothing for {config.idle_timeout:g}s")
+        message = f"the upstream sent nothing for {config.idle_timeout:g}s"
+        return UpstreamTimeoutError(message, detail=detail)
     if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
-        return UpstreamProtocolError(redact(f"connection dropped by {where}: {detail}", secrets))
+        return UpstreamProtocolError("connection dropped by the upstream", detail=detail)
     if isinstance(exc, (httpx.InvalidURL, httpx.UnsupportedProtocol)):
-        return UpstreamConnectError(f"invalid upstream URL for {where}", retryable=False)
-    return UpstreamError(redact(f"upstream request to {where} failed: {detail}", secrets))
+        return UpstreamConnectError("the upstream URL is invalid", retryable=False, detail=detail)
+    return UpstreamError("the upstream request failed", detail=detail)
 
 
 class StreamParser(Protocol):
@@ -502,9 +507,8 @@ class HttpUpstream:
                 for delta in parser.end():
                     yield delta
             if not parser.done:
-                raise UpstreamProtocolError(
-                    f"{self.config.target} ended the stream early (no {parser.terminator})"
-                )
+                message = f"the upstream ended the stream early (no {parser.terminator})"
+                raise UpstreamProtocolError(message, detail=f"{self.config.target}: {message}")
             await _drain(chunks)
         for delta in parser.final():
             yield delta
@@ -522,19 +526,19 @@ class HttpUpstream:
 
     async def _status_error(self, response: httpx.Response) -> UpstreamHTTPError:
         status = response.status_code
-        message = error_message(await self._read_bounded(response))
-        text = f"{self.config.target} answered HTTP {status}"
-        if message:
-            text += f": {message}"
-        return UpstreamHTTPError(redact(text, self.secrets), status=status)
+        said = redact(error_message(await self._read_bounded(response)), self.secrets)
+        text = f"the upstream answered HTTP {status}"
+        detail = f"{self.config.target} answered HTTP {status}" + (f": {said}" if said else "")
+        if said and status in _TOLD_STATUSES:
+            text += f": {said}"
+        return UpstreamHTTPError(text, status=status, detail=detail)
 
     async def _json_instead_of_stream(self, response: httpx.Response) -> UpstreamError:
         message = error_message(await self._read_bounded(response))
         if message:
             return stream_error(message, "error", self.secrets)
-        return UpstreamProtocolError(
-            f"{self.config.target} answered application/json instead of a stream"
-        )
+        text = "the upstream answered application/json instead of a stream"
+        return UpstreamProtocolError(text, detail=f"{self.config.target}: {text}")
 
     async def aclose(self) -> None:
         """Close the connection pool if this object created it."""

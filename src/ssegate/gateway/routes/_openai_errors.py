@@ -168,7 +168,7 @@ class OpenAIRoute(APIRoute):
                 message = exc.detail if isinstance(exc.detail, str) else "request failed"
                 return OpenAIError(exc.status_code, message, headers=exc.headers).response()
             except SsegateError as exc:
-                log.warning("request failed: %s (%s)", exc.code, exc.message)
+                log.warning("request failed: %s (%s)", exc.code, exc.detail)
                 return OpenAIError.from_gateway(exc.to_dict()).response()
             except Exception:
                 log.exception("unhandled error on %s %s", request.method, request.url.path)
