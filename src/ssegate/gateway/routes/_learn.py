@@ -29,10 +29,6 @@ _thread_numbers = itertools.count(1)
 _MAX_INTERVAL = 60.0
 
 
-def _thread_name() -> str:
-    return threading.current_thread().name
-
-
 def _interval(raw: str | None) -> float:
     if raw is None:
         return 3.0
