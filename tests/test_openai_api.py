@@ -182,6 +182,100 @@ def test_non_streaming_returns_one_chat_completion(gateway: Gateway, client: Ope
     assert rec.json["stream_options"] == {"include_usage": True}
 
 
+# What the mock's [[openai_extras]] adds, as documented in ssegate.testing.
+MOCK_FINGERPRINT = "fp_mock_0001"
+MOCK_ANNOTATION: dict[str, Any] = {
+    "type": "url_citation",
+    "url_citation": {"start_index": 0, "end_index": 4, "url": "https://example.com/", "title": "E"},
+}
+MOCK_TOKEN_DETAILS = {
+    "prompt_tokens_details": {"cached_tokens": 1, "audio_tokens": 0},
+    "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+}
+
+
+def test_fields_clients_read_pass_through_streamed(gateway: Gateway, client: OpenAI) -> None:
+    with client.chat.completions.with_streaming_response.create(
+        model="mock",
+        messages=user("x1 [[tokens:3]] [[openai_extras]]"),
+        stream=True,
+        stream_options={"include_usage": True},
+    ) as response:
+        stream_id = response.headers["x-ssegate-stream-id"]
+        chunks = list(response.parse())
+    # Still one chunk per gateway event (the held usage event's chunk comes at the end), so
+    # that chunk n is event n for a client that resumes.
+    assert len(chunks) == gateway.status(stream_id)["last_event_id"]
+    # The role chunk comes before the upstream said anything; every chunk after knows.
+    assert {c.system_fingerprint for c in chunks[1:]} == {MOCK_FINGERPRINT}
+    assert {c.service_tier for c in chunks[1:]} == {"default"}
+    annotations = [
+        a for c in chunks if c.choices for a in (c.choices[0].delta.model_extra or {}).get(
+            "annotations", []
+        )
+    ]  # fmt: skip
+    assert annotations == [MOCK_ANNOTATION]
+    usage = chunks[-1].usage
+    assert usage is not None
+    assert usage.prompt_tokens_details is not None
+    assert usage.prompt_tokens_details.cached_tokens == 1
+    assert usage.completion_tokens_details is not None
+    assert usage.completion_tokens_details.reasoning_tokens == 0
+
+
+def test_fields_clients_read_pass_through_whole(gateway: Gateway, client: OpenAI) -> None:
+    completion = client.chat.completions.create(
+        model="mock", messages=user("x2 [[tokens:3]] [[openai_extras]]")
+    )
+    assert completion.system_fingerprint == MOCK_FINGERPRINT
+    assert completion.service_tier == "default"
+    message = completion.choices[0].message
+    assert message.content == "tok0 tok1 tok2 "
+    assert message.annotations is not None
+    assert [a.model_dump() for a in message.annotations] == [
+        {**MOCK_ANNOTATION, "url_citation": {**MOCK_ANNOTATION["url_citation"]}}
+    ]
+    assert completion.usage is not None
+    for name in ("prompt_tokens_details", "completion_tokens_details"):
+        details = getattr(completion.usage, name)
+        assert details.model_dump(exclude_none=True) == MOCK_TOKEN_DETAILS[name]
+
+
+def test_a_refusal_passes_through(gateway: Gateway, client: OpenAI) -> None:
+    streamed = client.chat.completions.create(
+        model="mock", messages=user("x3 [[tokens:4]] [[refusal]]"), stream=True
+    )
+    parts = [c.choices[0].delta for c in streamed if c.choices]
+    refusal = "".join(d.refusal or "" for d in parts)
+    assert refusal == gateway.record("x3 ").text == "tok0 tok1 tok2 tok3 "
+    assert "".join(d.content or "" for d in parts) == ""
+    whole = client.chat.completions.create(
+        model="mock", messages=user("x4 [[tokens:4]] [[refusal]]")
+    )
+    assert whole.choices[0].message.refusal == refusal
+    assert whole.choices[0].message.content is None
+    # Without them upstream, none of these appear.
+    plain = client.chat.completions.create(model="mock", messages=user("x5 [[tokens:2]]"))
+    assert plain.system_fingerprint is None
+    assert plain.service_tier is None
+    assert plain.choices[0].message.refusal is None
+    assert plain.choices[0].message.annotations is None
+
+
+def test_the_demo_model_honours_max_completion_tokens() -> None:
+    with (
+        run_server(create_app(Settings.from_options(demo_rate=0))) as server,
+        OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0) as client,
+    ):
+        for limit in ({"max_tokens": 3}, {"max_completion_tokens": 3}):
+            completion = client.chat.completions.create(
+                model="ssegate-demo", messages=user("hello"), **limit
+            )
+            assert completion.choices[0].finish_reason == "length", limit
+            assert completion.usage is not None
+            assert completion.usage.completion_tokens == 3, limit
+
+
 @pytest.mark.anyio
 async def test_reasoning_content_arrives_streamed_and_whole(gateway: Gateway) -> None:
     async with gateway.async_client() as client:

@@ -46,11 +46,14 @@ from anyio.abc import TaskGroup
 
 from ._errors import ShuttingDownError, SsegateError
 from .providers._base import (
+    AnnotationDelta,
     ChatRequest,
     Delta,
     Finish,
     Provider,
     ReasoningDelta,
+    RefusalDelta,
+    ResponseMeta,
     TextDelta,
     ToolCallDelta,
     Usage,
@@ -430,6 +433,14 @@ class JobManager:
                         elif isinstance(delta, Finish):
                             # Keep reading: OpenAI sends usage after the finish_reason chunk.
                             finish_reason = delta.reason
+                            continue
+                        elif isinstance(delta, RefusalDelta):
+                            event, data = "refusal", _dumps({"text": delta.text})
+                        elif isinstance(delta, AnnotationDelta):
+                            event, data = "annotations", _dumps({"annotations": delta.annotations})
+                        elif isinstance(delta, ResponseMeta):
+                            # About the response, not a token: stored, not counted.
+                            await store.append(sid, "meta", _dumps(delta.to_dict()))
                             continue
                         else:
                             continue

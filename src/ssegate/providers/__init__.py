@@ -2,8 +2,10 @@
 
 Every provider's ``stream(request)`` is an async generator of :data:`Delta` values
 (:class:`TextDelta`, :class:`ReasoningDelta`, :class:`ToolCallDelta`, :class:`Usage`,
-:class:`Finish`). A stream that ends normally has seen the upstream's own end marker and ends
-with exactly one :class:`Finish`, preceded by :class:`Usage` when the upstream reported it.
+:class:`Finish`; OpenAI-compatible upstreams also :class:`RefusalDelta`,
+:class:`AnnotationDelta` and :class:`ResponseMeta`). A stream that ends normally has seen
+the upstream's own end marker and ends with exactly one :class:`Finish`, preceded by
+:class:`Usage` when the upstream reported it.
 Every other ending raises an :class:`UpstreamError` subclass with a stable ``code``
 (see :mod:`ssegate.providers._http` for the table); httpx exceptions never escape.
 
@@ -27,11 +29,14 @@ from typing import Any
 import httpx
 
 from ._base import (
+    AnnotationDelta,
     ChatRequest,
     Delta,
     Finish,
     Provider,
     ReasoningDelta,
+    RefusalDelta,
+    ResponseMeta,
     TextDelta,
     ToolCallDelta,
     Usage,
@@ -53,6 +58,7 @@ from .openai import OpenAIProvider
 __all__ = [
     "DEMO_MODEL",
     "PROVIDER_KINDS",
+    "AnnotationDelta",
     "AnthropicProvider",
     "ChatRequest",
     "Delta",
@@ -63,6 +69,8 @@ __all__ = [
     "Provider",
     "ProviderConfig",
     "ReasoningDelta",
+    "RefusalDelta",
+    "ResponseMeta",
     "TextDelta",
     "ToolCallDelta",
     "UpstreamConnectError",

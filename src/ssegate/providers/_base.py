@@ -14,11 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeAlias
 
 __all__ = [
+    "AnnotationDelta",
     "ChatRequest",
     "Delta",
     "Finish",
     "Provider",
     "ReasoningDelta",
+    "RefusalDelta",
+    "ResponseMeta",
     "TextDelta",
     "ToolCallDelta",
     "Usage",
@@ -37,6 +40,34 @@ class ReasoningDelta:
     """A piece of reasoning ("thinking") text, sent apart from the answer."""
 
     text: str
+
+
+@dataclass(frozen=True, slots=True)
+class RefusalDelta:
+    """A piece of the model's refusal, sent apart from the answer (OpenAI's ``refusal``)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class AnnotationDelta:
+    """Annotations of the answer, as the upstream sent them (OpenAI's ``url_citation``)."""
+
+    annotations: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseMeta:
+    """What the upstream says about its response as a whole (OpenAI's names); sent when first
+    seen and again only if it changes."""
+
+    system_fingerprint: str | None = None
+    service_tier: str | None = None
+
+    def to_dict(self) -> dict[str, str]:
+        """The ``meta`` event payload: the fields the upstream sent."""
+        fields = {"system_fingerprint": self.system_fingerprint, "service_tier": self.service_tier}
+        return {k: v for k, v in fields.items() if v is not None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,14 +95,25 @@ class ToolCallDelta:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Token counts reported by the upstream."""
+    """Token counts reported by the upstream; the ``*_details`` breakdowns (cached, reasoning
+    and audio tokens, in OpenAI's shape) as the upstream sent them, if it did."""
 
     prompt_tokens: int
     completion_tokens: int
+    prompt_tokens_details: dict[str, Any] | None = None
+    completion_tokens_details: dict[str, Any] | None = None
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, Any]:
         """The ``usage`` event payload."""
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+        out: dict[str, Any] = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+        }
+        if self.prompt_tokens_details is not None:
+            out["prompt_tokens_details"] = self.prompt_tokens_details
+        if self.completion_tokens_details is not None:
+            out["completion_tokens_details"] = self.completion_tokens_details
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +127,16 @@ class Finish:
     reason: str
 
 
-Delta: TypeAlias = TextDelta | ReasoningDelta | ToolCallDelta | Usage | Finish
+Delta: TypeAlias = (
+    TextDelta
+    | ReasoningDelta
+    | RefusalDelta
+    | AnnotationDelta
+    | ToolCallDelta
+    | ResponseMeta
+    | Usage
+    | Finish
+)
 
 
 @dataclass(frozen=True, slots=True)

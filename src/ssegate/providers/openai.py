@@ -6,10 +6,12 @@ OpenAI, DeepSeek, Qwen (DashScope compatible mode), Moonshot, vLLM, llama.cpp, L
 Ollama's ``/v1``.
 
 What it reads from each chunk's ``choices[0].delta``: ``content``; ``reasoning_content``
-(DeepSeek, Qwen, llama.cpp) or ``reasoning`` (vLLM, OpenRouter) as reasoning; ``tool_calls``;
-and ``choices[0].finish_reason``. A chunk with empty ``choices`` and a ``usage`` object is the
-usage chunk (servers that send usage on every chunk are fine: the last one wins). The stream
-must end with ``data: [DONE]``.
+(DeepSeek, Qwen, llama.cpp) or ``reasoning`` (vLLM, OpenRouter) as reasoning; ``refusal``;
+``annotations``; ``tool_calls``; and ``choices[0].finish_reason``. A chunk with empty
+``choices`` and a ``usage`` object is the usage chunk (servers that send usage on every chunk
+are fine: the last one wins), its ``prompt_tokens_details``/``completion_tokens_details`` kept
+as they are. A chunk's ``system_fingerprint`` and ``service_tier`` become a
+:class:`ResponseMeta` when first seen or changed. The stream must end with ``data: [DONE]``.
 
 Where we differ from a plain reading of the docs:
 
@@ -30,7 +32,18 @@ from typing import Any
 
 import httpx
 
-from ._base import ChatRequest, Delta, Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
+from ._base import (
+    AnnotationDelta,
+    ChatRequest,
+    Delta,
+    Finish,
+    ReasoningDelta,
+    RefusalDelta,
+    ResponseMeta,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
 from ._errors import UpstreamProtocolError
 from ._http import HttpUpstream, ProviderConfig, SseParser, loads_chunk, stream_error
 
@@ -91,6 +104,7 @@ class _OpenAIParser(SseParser):
         super().__init__(config)
         self._usage: Usage | None = None
         self._finish: str | None = None
+        self._meta = ResponseMeta()
 
     def on_event(self, event: str, data: bytes) -> Iterator[Delta]:
         if b"[DONE]" in data and data.decode("utf-8", "replace").strip() == "[DONE]":
@@ -104,6 +118,13 @@ class _OpenAIParser(SseParser):
         usage = chunk.get("usage")
         if choices is None and usage is None:
             raise UpstreamProtocolError(f"unknown upstream chunk shape (keys: {sorted(chunk)[:8]})")
+        meta = ResponseMeta(
+            _optional_text(chunk.get("system_fingerprint")),
+            _optional_text(chunk.get("service_tier")),
+        )
+        if meta != self._meta and (meta.system_fingerprint or meta.service_tier):
+            self._meta = meta
+            yield meta
         if isinstance(usage, dict):
             self._usage = _usage(usage)
         elif usage is not None:
@@ -131,6 +152,16 @@ class _OpenAIParser(SseParser):
         content = delta.get("content")
         if content:
             yield TextDelta(_text(content, "content"))
+        refusal = delta.get("refusal")
+        if refusal:
+            yield RefusalDelta(_text(refusal, "refusal"))
+        annotations = delta.get("annotations")
+        if annotations:
+            if not isinstance(annotations, list) or not all(
+                isinstance(a, dict) for a in annotations
+            ):
+                raise UpstreamProtocolError("upstream annotations are not a list of objects")
+            yield AnnotationDelta(annotations)
         tool_calls = delta.get("tool_calls")
         if tool_calls:
             if not isinstance(tool_calls, list):
@@ -153,12 +184,25 @@ def _text(value: object, what: str) -> str:
     return value
 
 
+def _optional_text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _details(value: object) -> dict[str, Any] | None:
+    return value if isinstance(value, dict) else None
+
+
 def _usage(usage: dict[str, Any]) -> Usage:
     prompt = usage.get("prompt_tokens") or 0
     completion = usage.get("completion_tokens") or 0
     if not isinstance(prompt, int) or not isinstance(completion, int):
         raise UpstreamProtocolError("upstream usage counts are not integers")
-    return Usage(prompt_tokens=prompt, completion_tokens=completion)
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        prompt_tokens_details=_details(usage.get("prompt_tokens_details")),
+        completion_tokens_details=_details(usage.get("completion_tokens_details")),
+    )
 
 
 def _tool_call(call: object, position: int) -> ToolCallDelta:

@@ -19,6 +19,9 @@ from ._mock_scenario import TOOL_ARGUMENTS, MockRequest, Scenario, script
 __all__ = [
     "DROP",
     "FORMATS",
+    "MOCK_ANNOTATION",
+    "MOCK_FINGERPRINT",
+    "MOCK_TOKEN_DETAILS",
     "RESET",
     "STALL",
     "AnthropicFormat",
@@ -94,6 +97,18 @@ class Format:
         raise NotImplementedError
 
 
+#: What ``[[openai_extras]]`` adds to OpenAI chunks (tests compare against these).
+MOCK_FINGERPRINT = "fp_mock_0001"
+MOCK_ANNOTATION: dict[str, Any] = {
+    "type": "url_citation",
+    "url_citation": {"start_index": 0, "end_index": 4, "url": "https://example.com/", "title": "E"},
+}
+MOCK_TOKEN_DETAILS: dict[str, Any] = {
+    "prompt_tokens_details": {"cached_tokens": 1, "audio_tokens": 0},
+    "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+}
+
+
 class OpenAIFormat(Format):
     """OpenAI's chat completion chunks, as SSE ``data:`` lines ending with ``[DONE]``."""
 
@@ -111,9 +126,11 @@ class OpenAIFormat(Format):
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
-            "system_fingerprint": None,
+            "system_fingerprint": MOCK_FINGERPRINT if self.s.openai_extras else None,
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
         }
+        if self.s.openai_extras:
+            chunk["service_tier"] = "default"
         return _sse(orjson.dumps(chunk))
 
     def opening(self) -> bytes:
@@ -123,7 +140,7 @@ class OpenAIFormat(Format):
         return self._chunk({self.s.reasoning_field: text})
 
     def text(self, text: str) -> bytes:
-        return self._chunk({"content": text})
+        return self._chunk({"refusal" if self.s.refusal else "content": text})
 
     def tool(self, name: str) -> bytes:
         start = {"index": 0, "id": "call_mock_0", "type": "function"}
@@ -146,10 +163,13 @@ class OpenAIFormat(Format):
         return _sse(b'{"object": "mystery", "answer": 42}')
 
     def closing(self, finish: str, usage: tuple[int, int] | None, terminator: bool) -> bytes:
-        out = self._chunk({}, finish)
+        out = self._chunk({"annotations": [MOCK_ANNOTATION]}) if self.s.openai_extras else b""
+        out += self._chunk({}, finish)
         if usage and self.include_usage:
-            counts = {"prompt_tokens": usage[0], "completion_tokens": usage[1]}
+            counts: dict[str, Any] = {"prompt_tokens": usage[0], "completion_tokens": usage[1]}
             counts["total_tokens"] = usage[0] + usage[1]
+            if self.s.openai_extras:
+                counts.update(MOCK_TOKEN_DETAILS)
             chunk = {
                 "id": self.id,
                 "object": "chat.completion.chunk",

@@ -55,6 +55,8 @@ _CONVERTERS: dict[str, Callable[[str | None], Any]] = {
     "tool_call": lambda value: value or "get_weather",
     "finish": _required(str),
     "usage": _flag,
+    "openai_extras": _flag,
+    "refusal": _flag,
     "fault": _required(str),
     "after": _required(int),
 }
@@ -76,6 +78,8 @@ class Scenario:
     tool_call: str | None = None
     finish: str | None = None
     usage: bool = True
+    openai_extras: bool = False
+    refusal: bool = False
     fault: str | None = None
     after: int | None = None
 

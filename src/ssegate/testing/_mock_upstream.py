@@ -27,6 +27,11 @@ header, or in the last user message (later sources win, all over the defaults gi
 ``tool_call[:name]``   then one tool call (default ``get_weather``), finish ``tool_calls``
 ``finish:R``           the finish reason to report (format's own word for Anthropic)
 ``usage:off``          send no usage
+``openai_extras``      OpenAI only: what real servers add and clients read:
+                       ``system_fingerprint`` (``fp_mock_0001``) and ``service_tier``
+                       (``default``) on every chunk, usage ``*_tokens_details`` (1 cached
+                       token), a ``url_citation`` annotation before the finish
+``refusal``            OpenAI only: the answer tokens go in ``delta.refusal``, not ``content``
 ``fault:F``            a fault, see below; ``after:K`` = tokens sent before it fires
 =====================  =====================================================================
 

@@ -1,6 +1,10 @@
 """Stored gateway events → OpenAI objects: ``chat.completion.chunk`` SSE events, one chunk per
 event (:class:`Chunks`), or one ``chat.completion`` gathered from a whole stream
-(:class:`Completion`). No I/O here."""
+(:class:`Completion`). No I/O here.
+
+What the upstream said and OpenAI clients read passes through: ``refusal`` and ``annotations``
+deltas, usage's ``*_tokens_details``, and (from the ``meta`` event) ``system_fingerprint`` and
+``service_tier`` on every chunk after it and on the completion."""
 
 from __future__ import annotations
 
@@ -41,14 +45,25 @@ def _cancelled_error(data: dict[str, Any]) -> OpenAIError:
     return OpenAIError(503 if retryable else 409, message, code="cancelled", retryable=retryable)
 
 
-def _usage(usage: dict[str, Any]) -> dict[str, int]:
+_USAGE_DETAILS = ("prompt_tokens_details", "completion_tokens_details")
+
+
+def _usage(usage: dict[str, Any]) -> dict[str, Any]:
     prompt = int(usage.get("prompt_tokens") or 0)
     completion = int(usage.get("completion_tokens") or 0)
-    return {
+    out: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
     }
+    out.update((k, usage[k]) for k in _USAGE_DETAILS if isinstance(usage.get(k), dict))
+    return out
+
+
+def _meta(data: dict[str, Any]) -> dict[str, str]:
+    """``system_fingerprint`` and ``service_tier`` of a ``meta`` event, those that are set."""
+    names = ("system_fingerprint", "service_tier")
+    return {k: data[k] for k in names if isinstance(data.get(k), str)}
 
 
 _DONE = encode(ServerSentEvent(data="[DONE]"))
@@ -58,21 +73,23 @@ class Chunks:
     """Stored gateway events → ``chat.completion.chunk`` SSE events (bytes)."""
 
     def __init__(self, completion_id: str, model: str, created: int, include_usage: bool) -> None:
-        head = orjson.dumps(
-            {
-                "id": completion_id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-            }
-        )
-        self._head = head[:-1]
-        # Every chunk is this prefix + delta + suffix: built once, not per token.
-        self._prefix = self._head + b',"choices":[{"index":0,"delta":'
+        self._fields: dict[str, Any] = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+        }
+        self._set_head()
         self._usage_null = b',"usage":null' if include_usage else b""
         self._include_usage = include_usage
         self._usage: dict[str, Any] | None = None
         self.finished = False
+
+    def _set_head(self) -> None:
+        self._head = orjson.dumps(self._fields)[:-1]
+        # Every chunk is this prefix + delta + suffix: built once (and per ``meta``), not per
+        # token.
+        self._prefix = self._head + b',"choices":[{"index":0,"delta":'
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
         tail = b',"logprobs":null,"finish_reason":' + orjson.dumps(finish) + b"}]"
@@ -91,6 +108,14 @@ class Chunks:
             return [self._chunk({"content": event_data(event).get("text", "")})]
         if kind == "reasoning":
             return [self._chunk({"reasoning_content": event_data(event).get("text", "")})]
+        if kind == "refusal":
+            return [self._chunk({"refusal": event_data(event).get("text", "")})]
+        if kind == "annotations":
+            return [self._chunk({"annotations": event_data(event).get("annotations", [])})]
+        if kind == "meta":
+            self._fields.update(_meta(event_data(event)))
+            self._set_head()
+            return [self._chunk({})]  # a chunk still: chunk n stays event n, for resuming
         if kind == "tool_call":
             return [self._chunk({"tool_calls": [_tool_call(event_data(event))]})]
         if kind == "start":
@@ -120,6 +145,9 @@ class Completion:
     def __init__(self) -> None:
         self.text: list[str] = []
         self.reasoning: list[str] = []
+        self.refusal: list[str] = []
+        self.annotations: list[Any] = []
+        self.meta: dict[str, str] = {}
         self.tools: dict[int, dict[str, Any]] = {}
         self.usage: dict[str, Any] | None = None
         self.finish_reason = "stop"
@@ -131,6 +159,12 @@ class Completion:
             self.text.append(event_data(event).get("text", ""))
         elif kind == "reasoning":
             self.reasoning.append(event_data(event).get("text", ""))
+        elif kind == "refusal":
+            self.refusal.append(event_data(event).get("text", ""))
+        elif kind == "annotations":
+            self.annotations += event_data(event).get("annotations", [])
+        elif kind == "meta":
+            self.meta.update(_meta(event_data(event)))
         elif kind == "tool_call":
             data = event_data(event)
             call = self.tools.setdefault(
@@ -158,11 +192,14 @@ class Completion:
             }
             for index, call in sorted(self.tools.items())
         ]
+        refusal = "".join(self.refusal) or None
         message: dict[str, Any] = {
             "role": "assistant",
-            "content": text if text or not tool_calls else None,
-            "refusal": None,
+            "content": text if text or not (tool_calls or refusal) else None,
+            "refusal": refusal,
         }
+        if self.annotations:
+            message["annotations"] = self.annotations
         if self.reasoning:
             message["reasoning_content"] = "".join(self.reasoning)
         if tool_calls:
@@ -180,4 +217,5 @@ class Completion:
             "model": model,
             "choices": [choice],
             "usage": _usage(self.usage) if self.usage is not None else None,
+            **self.meta,
         }

@@ -212,6 +212,8 @@ def chat_request(body: ChatCompletionRequest, route: ModelRoute) -> ChatRequest:
     elif route.kind == "ollama":
         max_tokens = limit
         extra = _ollama_extra(body, given, limit)
+    elif route.kind == "demo":
+        max_tokens = limit  # as OpenAI does: LangChain sends max_completion_tokens
     return ChatRequest(
         messages=[m.model_dump(exclude_none=True) for m in body.messages],
         model=route.upstream_model,
