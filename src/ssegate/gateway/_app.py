@@ -37,7 +37,14 @@ from ._quota import RateLimiter, StreamQuota
 from ._settings import Settings
 from ._state import GatewayState
 from ._tokens import ReadTokens
-from .routes import learn_router, openai_router, ops_router, pages_router, streams_router
+from .routes import (
+    document,
+    learn_router,
+    openai_router,
+    ops_router,
+    pages_router,
+    streams_router,
+)
 
 sniffio: ModuleType | None
 try:
@@ -190,6 +197,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(streams_router)
     app.include_router(openai_router)
     app.include_router(pages_router)
+    document(app)  # /openapi.json lists the statuses the routes really answer
     return app
 
 

@@ -8,6 +8,7 @@ become 4xx JSON bodies here, and anything unexpected becomes a 500 JSON body wit
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -88,6 +89,20 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(messages) or "invalid request"
 
 
+def _documented_methods(request: Request) -> list[str] | None:
+    """Every method ``/openapi.json`` lists for this path (Starlette's ``Allow`` names only the
+    first route's, so ``OPTIONS /v1/streams/{id}`` said ``GET`` though ``DELETE`` exists);
+    ``None`` for a path it does not document."""
+    app: FastAPI = request.app
+    for template, operations in app.openapi().get("paths", {}).items():
+        pattern = re.sub(
+            r"\{[^}]+\}", "[^/]+", re.escape(template).replace(r"\{", "{").replace(r"\}", "}")
+        )
+        if re.fullmatch(pattern, request.url.path):
+            return sorted(method.upper() for method in operations)
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Answer every error the app can meet with a JSON body."""
 
@@ -99,16 +114,31 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
-        json_invalid = any(e.get("type") == "json_invalid" for e in exc.errors())
-        status = 400 if json_invalid else 422
-        code = "invalid_json" if json_invalid else "invalid_request"
-        return error_response(status, code, _validation_message(exc))
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return error_response(400, "invalid_json", _validation_message(exc))
+        if any(tuple(e.get("loc", ()))[:1] == ("body",) for e in errors):
+            return error_response(422, "invalid_request", _validation_message(exc))
+        # A query, path or header parameter: 400, as for the checks routes make themselves.
+        missing = [e for e in errors if e.get("type") == "missing" or e.get("input") == ""]
+        if missing:
+            where, name = (*missing[0].get("loc", ()), "", "")[:2]
+            message = f"{where} parameter {name!r} is required"
+            return error_response(400, "missing_parameter", message)
+        return error_response(400, "invalid_parameter", _validation_message(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         code = _STATUS_CODES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-        return error_response(exc.status_code, code, message, headers=exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405 and (methods := _documented_methods(request)):
+            headers["Allow"] = ", ".join(methods)
+        if request.url.path.startswith("/v1/") and exc.status_code in (404, 405):
+            # The OpenAI SDKs read these too: OpenAI's shape, which has our code and message.
+            body = {"message": message, "type": "invalid_request_error", "param": None}
+            return error_response(exc.status_code, code, message, headers=headers, extra=body)
+        return error_response(exc.status_code, code, message, headers=headers)
 
     @app.exception_handler(StreamNotFoundError)
     async def _not_found(request: Request, exc: StreamNotFoundError) -> Response:

@@ -4,6 +4,14 @@ from ._learn import router as learn_router
 from ._openai import router as openai_router
 from ._ops import router as ops_router
 from ._pages import router as pages_router
+from ._responses import document
 from ._streams import router as streams_router
 
-__all__ = ["learn_router", "openai_router", "ops_router", "pages_router", "streams_router"]
+__all__ = [
+    "document",
+    "learn_router",
+    "openai_router",
+    "ops_router",
+    "pages_router",
+    "streams_router",
+]

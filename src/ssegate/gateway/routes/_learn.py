@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import threading
 from importlib import resources
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from ..._emitter import SseEmitter
-from .._errors import ApiError
+from ._responses import EventStream, errors
 
 __all__ = ["router"]
 
@@ -29,26 +29,21 @@ _thread_numbers = itertools.count(1)
 _MAX_INTERVAL = 60.0
 
 
-def _interval(raw: str | None) -> float:
-    if raw is None:
-        return 3.0
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ApiError(400, "invalid_parameter", "interval must be a number of seconds") from None
-    if not math.isfinite(value) or not 0 <= value <= _MAX_INTERVAL:
-        raise ApiError(
-            400, "invalid_parameter", f"interval must be between 0 and {_MAX_INTERVAL:g} seconds"
-        )
-    return value
-
-
-@router.get("/learn/sseChat", summary="The seed's demo stream", response_model=None)
-def sse_chat(request: Request, name: str | None = None, interval: str | None = None) -> Response:
+@router.get(
+    "/learn/sseChat",
+    summary="The seed's demo stream",
+    response_model=None,
+    response_class=EventStream,
+    responses=errors(400),
+)
+def sse_chat(
+    request: Request,
+    name: Annotated[str, Query(min_length=1, pattern=r"\S", description="who is asking")],
+    interval: Annotated[
+        float, Query(ge=0, le=_MAX_INTERVAL, allow_inf_nan=False, description="seconds")
+    ] = 3.0,
+) -> Response:
     """Stream ``start`` then ten messages from a worker thread, then complete."""
-    if name is None or not name.strip():
-        raise ApiError(400, "missing_parameter", "query parameter 'name' is required")
-    pause = _interval(interval)
     emitter = SseEmitter(360.0)
     emitter.on_completion(
         lambda: log.warning("sse complete!!! %s", threading.current_thread().name)
@@ -66,7 +61,7 @@ def sse_chat(request: Request, name: str | None = None, interval: str | None = N
                 emitter.send(f"{threading.current_thread().name}: the next index:{i}")
                 log.warning("%s:%d", threading.current_thread().name, i)
                 i += 1
-                if i <= 10 and stop.wait(pause):
+                if i <= 10 and stop.wait(interval):
                     break
             emitter.complete()
         except Exception as exc:

@@ -51,6 +51,7 @@ from .._state import GatewayState, state_of
 from ._openai_chunks import Chunks, Completion, event_data
 from ._openai_errors import OpenAIError, OpenAIRoute, stream_headers
 from ._openai_schema import ChatCompletionRequest, chat_request, check_shape
+from ._responses import SSE_EVENT, openai_errors
 
 __all__ = ["ChatCompletionRequest", "OpenAIError", "OpenAIRoute", "openai_caller", "router"]
 
@@ -263,16 +264,12 @@ async def _complete(
 
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute)
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"description": description}
-    for status, description in (
-        (400, "Invalid request (OpenAI error shape)"),
-        (401, "Bad or missing API key"),
-        (404, "Unknown model"),
-        (429, "The upstream rate-limited us"),
-        (502, "The upstream failed"),
-        (503, "Overloaded or shutting down"),
-    )
+_COMPLETION = {
+    "description": "A chat.completion, or with stream: true chat.completion.chunk events",
+    "content": {
+        "application/json": {"schema": {"type": "object"}},
+        "text/event-stream": {"schema": SSE_EVENT},
+    },
 }
 
 
@@ -280,7 +277,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     "/chat/completions",
     summary="Create a chat completion (OpenAI-compatible)",
     response_model=None,
-    responses=_ERRORS,
+    responses={200: _COMPLETION, **openai_errors(400, 401, 404, 409, 413, 429, 502, 503, 504)},
 )
 async def create_chat_completion(
     request: Request,
@@ -308,7 +305,7 @@ def _model_object(route: ModelRoute, created: int) -> dict[str, Any]:
     return {"id": route.name, "object": "model", "created": created, "owned_by": route.owned_by}
 
 
-@router.get("/models", summary="List models (OpenAI-compatible)", responses=_ERRORS)
+@router.get("/models", summary="List models (OpenAI-compatible)", responses=openai_errors(401, 429))
 async def list_models(
     request: Request, owner: Annotated[str | None, Depends(openai_caller)]
 ) -> dict[str, Any]:
@@ -318,7 +315,9 @@ async def list_models(
 
 
 @router.get(
-    "/models/{model_id:path}", summary="Retrieve a model (OpenAI-compatible)", responses=_ERRORS
+    "/models/{model_id:path}",
+    summary="Retrieve a model (OpenAI-compatible)",
+    responses=openai_errors(401, 404, 429),
 )
 async def retrieve_model(
     request: Request, model_id: str, owner: Annotated[str | None, Depends(openai_caller)]

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ...providers import ChatRequest
 from .._models import ModelRoute
-from ._json_values import check_json_values
+from ._json_values import MAX_INTEGER, WHOLE, JsonValue, check_json_values
 from ._openai_errors import OpenAIError
 
 __all__ = [
@@ -30,18 +30,40 @@ __all__ = [
 ]
 
 # Strict, as OpenAI is: "stream": "yes", "max_tokens": true, "temperature": "0.5" are refused
-# (400 naming the param), not coerced. Integers are still accepted for numbers.
+# (400 naming the param), not coerced. Integers are still accepted for numbers. Free-form
+# values are JsonValue, so the schema says which integers and numbers pass. Where a rule is
+# checked in code (check_shape, _refuse_unsupported, for OpenAI's messages), the schema says it
+# too (json_schema_extra), so that /openapi.json describes exactly what is accepted.
+
+_ONLY_NULL: dict[str, Any] = {"type": "null"}
+_CONTENT_REQUIRED = ("system", "developer", "user", "tool")
+_MESSAGE_RULES: dict[str, Any] = {
+    "allOf": [
+        {
+            "if": {"properties": {"role": {"enum": list(_CONTENT_REQUIRED)}}},
+            "then": {"required": ["content"], "properties": {"content": {"not": _ONLY_NULL}}},
+        },
+        {
+            "if": {"properties": {"role": {"const": "tool"}}},
+            "then": {
+                "required": ["tool_call_id"],
+                "properties": {"tool_call_id": {"type": "string", "minLength": 1}},
+            },
+        },
+    ]
+}
 
 
 class ChatMessage(BaseModel):
     """One message, as OpenAI defines it (extra fields pass through to the upstream)."""
 
-    model_config = ConfigDict(extra="allow", strict=True)
+    model_config = ConfigDict(extra="allow", strict=True, json_schema_extra=_MESSAGE_RULES)
+    __pydantic_extra__: dict[str, JsonValue] = Field(init=False)
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[dict[str, JsonValue]] | None = None
     name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[dict[str, JsonValue]] | None = None
     tool_call_id: str | None = None
 
 
@@ -49,10 +71,11 @@ class FunctionDefinition(BaseModel):
     """A function tool's definition."""
 
     model_config = ConfigDict(extra="allow", strict=True)
+    __pydantic_extra__: dict[str, JsonValue] = Field(init=False)
 
     name: str = Field(min_length=1, max_length=128)
     description: str | None = None
-    parameters: dict[str, Any] | None = None
+    parameters: dict[str, JsonValue] | None = None
     strict: bool | None = None
 
 
@@ -60,6 +83,7 @@ class Tool(BaseModel):
     """A tool the model may call (only function tools)."""
 
     model_config = ConfigDict(extra="allow", strict=True)
+    __pydantic_extra__: dict[str, JsonValue] = Field(init=False)
 
     type: Literal["function"]
     function: FunctionDefinition
@@ -69,54 +93,85 @@ class StreamOptions(BaseModel):
     """``stream_options``: ``include_usage`` adds the final usage chunk."""
 
     model_config = ConfigDict(extra="allow", strict=True)
+    __pydantic_extra__: dict[str, JsonValue] = Field(init=False)
 
     include_usage: bool | None = None
+
+
+_FORMAT_RULES: dict[str, Any] = {
+    "if": {"properties": {"type": {"const": "json_schema"}}},
+    "then": {
+        "required": ["json_schema"],
+        "properties": {"json_schema": {"type": "object", "minProperties": 1}},
+    },
+}
 
 
 class ResponseFormat(BaseModel):
     """``response_format``: ``text``, ``json_object`` or ``json_schema``."""
 
-    model_config = ConfigDict(extra="allow", strict=True)
+    model_config = ConfigDict(extra="allow", strict=True, json_schema_extra=_FORMAT_RULES)
+    __pydantic_extra__: dict[str, JsonValue] = Field(init=False)
 
     type: Literal["text", "json_object", "json_schema"]
-    json_schema: dict[str, Any] | None = None
+    json_schema: dict[str, JsonValue] | None = None
+
+
+_REQUEST_RULES: dict[str, Any] = {
+    "if": {
+        "required": ["stream_options"],
+        "properties": {"stream_options": {"not": _ONLY_NULL}},
+    },
+    "then": {"required": ["stream"], "properties": {"stream": {"const": True}}},
+}
 
 
 class ChatCompletionRequest(BaseModel):
     """Body of ``POST /v1/chat/completions``; unknown fields are kept (see the module doc)."""
 
-    model_config = ConfigDict(extra="allow", strict=True)
+    model_config = ConfigDict(extra="allow", strict=True, json_schema_extra=_REQUEST_RULES)
+    __pydantic_extra__: dict[str, JsonValue] = Field(init=False)
 
     # How many, and how long: --max-messages and --max-prompt-chars (400 past them).
     messages: list[ChatMessage] = Field(min_length=1)
     model: str | None = Field(default=None, min_length=1, max_length=200)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_INTEGER), WHOLE] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1, le=MAX_INTEGER), WHOLE] | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
-    n: int | None = Field(default=None, ge=1, le=128)
+    # Refused in code with a clearer message than a bound's: n > 1, logprobs, audio output,
+    # the deprecated functions.
+    n: Annotated[int, WHOLE] | None = Field(
+        default=None, json_schema_extra={"minimum": 1, "maximum": 1}
+    )
     stop: str | Annotated[list[str], Field(max_length=16)] | None = None
     tools: list[Tool] | None = Field(default=None, max_length=512)
-    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, JsonValue] | None = None
     parallel_tool_calls: bool | None = None
     user: str | None = Field(default=None, max_length=512)
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=-MAX_INTEGER, le=MAX_INTEGER), WHOLE] | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    logprobs: bool | None = Field(default=None, json_schema_extra={"enum": [False, None]})
+    top_logprobs: Annotated[int, WHOLE] | None = Field(
+        default=None, json_schema_extra={"enum": [0, None]}
+    )
     response_format: ResponseFormat | None = None
     reasoning_effort: str | None = Field(default=None, max_length=32)
     metadata: dict[str, str] | None = None
     store: bool | None = None
     service_tier: str | None = None
-    modalities: list[str] | None = None
-    audio: dict[str, Any] | None = None
-    functions: list[dict[str, Any]] | None = None
-    function_call: str | dict[str, Any] | None = None
+    modalities: list[str] | None = Field(
+        default=None, json_schema_extra={"items": {"type": "string", "not": {"const": "audio"}}}
+    )
+    audio: dict[str, JsonValue] | None = Field(default=None, json_schema_extra=_ONLY_NULL)
+    functions: list[dict[str, JsonValue]] | None = Field(default=None, json_schema_extra=_ONLY_NULL)
+    function_call: str | dict[str, JsonValue] | None = Field(
+        default=None, json_schema_extra=_ONLY_NULL
+    )
     #: ssegate's own: what a dropped connection does (default: the gateway's policy).
     on_disconnect: Literal["cancel", "continue"] | None = None
 
@@ -125,10 +180,6 @@ class ChatCompletionRequest(BaseModel):
     def _sendable(cls, data: Any) -> Any:
         check_json_values(data)  # JsonValueError (400) for what no upstream can take
         return data
-
-
-# Roles whose messages must have content (an assistant message may have tool calls instead).
-_CONTENT_REQUIRED = ("system", "developer", "user", "tool")
 
 
 def check_shape(body: ChatCompletionRequest) -> None:

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
 from .._state import state_of
+from ._responses import Metrics
 
 __all__ = ["router"]
 
@@ -19,7 +22,10 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness", response_model=None)
+_READINESS = {"description": "Not ready: draining, or the store is down (same body)"}
+
+
+@router.get("/readyz", summary="Readiness", response_model=None, responses={503: _READINESS})
 async def readyz(request: Request) -> JSONResponse:
     """200 when the gateway should get new streams; 503 while draining or the store is down."""
     state = state_of(request)
@@ -31,7 +37,24 @@ async def readyz(request: Request) -> JSONResponse:
     )
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_model=None)
+_FORMATS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Prometheus text format, or OpenMetrics when the Accept header asks",
+        "content": {
+            "text/plain": {"schema": {"type": "string"}},
+            "application/openmetrics-text": {"schema": {"type": "string"}},
+        },
+    }
+}
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_model=None,
+    response_class=Metrics,
+    responses=_FORMATS,
+)
 async def metrics(request: Request) -> Response:
     """This instance's series in the Prometheus text format (OpenMetrics if asked for)."""
     body, content_type = state_of(request).metrics.render(request.headers.get("accept"))

@@ -41,7 +41,8 @@ from .._event_streams import TrackedEventSourceResponse
 from .._limits import PromptLimitError, check_prompt
 from .._models import UnknownModelError
 from .._state import GatewayState, state_of
-from ._json_values import JsonValueError, check_json_values
+from ._json_values import WHOLE, JsonValue, JsonValueError, check_json_values
+from ._responses import EventStream, errors, event_stream
 
 __all__ = ["StreamRequest", "event_stream_response", "router"]
 
@@ -86,9 +87,10 @@ class Message(BaseModel):
     """One chat message."""
 
     model_config = ConfigDict(extra="allow", strict=True)
+    __pydantic_extra__: dict[str, JsonValue] = Field(init=False)
 
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str | list[dict[str, Any]] | None = Field(default=None)
+    content: str | list[dict[str, JsonValue]] | None = Field(default=None)
 
 
 class StreamRequest(BaseModel):
@@ -99,7 +101,7 @@ class StreamRequest(BaseModel):
     # How many, and how long: --max-messages and --max-prompt-chars (422 past them).
     messages: list[Message] = Field(min_length=1)
     model: str | None = Field(default=None, min_length=1, max_length=200)
-    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    max_tokens: Annotated[int, Field(ge=1, le=1_000_000), WHOLE] | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     on_disconnect: Literal["cancel", "continue"] | None = None
 
@@ -110,6 +112,22 @@ class StreamRequest(BaseModel):
         return data
 
 
+class CreatedStream(BaseModel):
+    """The ``201`` body of ``POST /v1/streams``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    object: Literal["stream"]
+    status: str
+    model: str
+    created: float
+    events_url: str
+    status_url: str
+    token: str | None = None
+    token_expires_at: int | None = None
+
+
 def _parse_last_event_id(header: str | None, query: str | None) -> int:
     """Where the client is: the ``Last-Event-ID`` header when it is sent, else the query.
 
@@ -117,10 +135,9 @@ def _parse_last_event_id(header: str | None, query: str | None) -> int:
     same URL, query included, with the header set to the last id it got: preferring the
     query would replay the same events forever.
     """
-    raw = header if header else query
+    raw = (header if header else query or "").strip()
     if not raw:
         return 0
-    raw = raw.strip()
     if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
         raise ApiError(400, "invalid_last_event_id", "Last-Event-ID must be a non-negative integer")
     return int(raw)
@@ -210,7 +227,9 @@ def event_stream_response(
     )
 
 
-async def _json_body(content_type: Annotated[str | None, Header()] = None) -> None:
+async def _json_body(
+    content_type: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> None:
     """Refuse a body not declared as JSON (FastAPI would not parse it, and say something less
     helpful). ``async``, though it awaits nothing: FastAPI runs a plain ``def`` dependency in
     a worker thread, a thread hand-off per request."""
@@ -322,7 +341,11 @@ async def _readable(request: Request, stream_id: str, *, cancel: bool = False) -
     status_code=201,
     summary="Start a generation",
     response_model=None,
-    responses={201: {"description": "The stream was created"}},
+    responses={
+        201: {"description": "The stream was created", "model": CreatedStream},
+        200: event_stream("With Accept: text/event-stream: the stream itself"),
+        **errors(400, 401, 404, 413, 415, 422, 429, 503),
+    },
     dependencies=[Depends(_json_body)],
 )
 async def create_stream(
@@ -364,12 +387,27 @@ async def create_stream(
     )
 
 
-@router.get("/{stream_id}/events", summary="Follow a stream (SSE, resumable)", response_model=None)
+# What _parse_last_event_id accepts, for the schema (the route checks it with its own message).
+_EVENT_ID: dict[str, Any] = {"type": "string", "pattern": r"^\s*[0-9]{0,18}\s*$"}
+
+
+@router.get(
+    "/{stream_id}/events",
+    summary="Follow a stream (SSE, resumable)",
+    response_model=None,
+    response_class=EventStream,
+    responses={
+        204: {"description": "The stream has ended and the client has its last event"},
+        **errors(400, 401, 404, 409, 429, 503),
+    },
+)
 async def stream_events(
     request: Request,
     stream_id: str,
-    last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-    last_event_id: Annotated[str | None, Query(max_length=32)] = None,
+    last_event_id_header: Annotated[
+        str | None, Header(alias="Last-Event-ID", json_schema_extra=_EVENT_ID)
+    ] = None,
+    last_event_id: Annotated[str | None, Query(max_length=32, json_schema_extra=_EVENT_ID)] = None,
     token: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Response:
     """Events with id > ``Last-Event-ID`` (the header, else ``?last_event_id=``), then live ones.
@@ -382,7 +420,7 @@ async def stream_events(
     info = await _readable(request, stream_id)
     if after > info.last_event_id:
         raise ApiError(
-            400,
+            409,  # the id is well-formed; the stream has not got that far
             "invalid_last_event_id",
             f"Last-Event-ID {after} is beyond the stream's last event ({info.last_event_id})",
         )
@@ -399,7 +437,7 @@ async def stream_events(
     return event_stream_response(state, security_of(request), stream_id, after)
 
 
-@router.get("/{stream_id}", summary="Stream status")
+@router.get("/{stream_id}", summary="Stream status", responses=errors(400, 401, 404, 503))
 async def stream_status(
     request: Request,
     stream_id: str,
@@ -410,7 +448,14 @@ async def stream_status(
     return info.to_dict()
 
 
-@router.delete("/{stream_id}", summary="Stop a generation")
+@router.delete(
+    "/{stream_id}",
+    summary="Stop a generation",
+    responses={
+        202: {"description": "Cancel requested; the producer has not confirmed yet"},
+        **errors(401, 404, 503),
+    },
+)
 async def cancel_stream(request: Request, stream_id: str) -> JSONResponse:
     """Stop the generation: the upstream request is closed; subscribers get ``cancelled``.
 
