@@ -143,10 +143,12 @@ class Target:
 
 
 @pytest.fixture(scope="module")
-def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+def target(
+    tmp_path_factory: pytest.TempPathFactory, mock_upstream: MockUpstream
+) -> Iterator[Target]:
     # Two models: the demo (the default), and "mock", an OpenAI-compatible upstream, so that
     # what passes validation is also sent upstream as JSON.
-    upstream = MockUpstream().start()
+    upstream = mock_upstream
     model_map = tmp_path_factory.mktemp("fuzz") / "models.toml"
     model_map.write_text(
         f'["ssegate-demo"]\nprovider = "demo"\n\n'
@@ -179,7 +181,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         ("POST", "/v1/"),
         ("GET", "/docs"),
     ]
-    with upstream, run_server(app) as server:
+    with run_server(app) as server:
         created = httpx.post(
             server.url + "/v1/streams",
             json={"messages": [{"role": "user", "content": "seed"}]},

@@ -393,24 +393,23 @@ _INTERNALS = re.compile(r"127\.0\.0\.1|localhost|:\d{2,5}\b|\b[A-Z]\w*(?:Error|E
     ],
 )
 async def test_upstream_errors_tell_clients_the_code_and_the_log_the_upstream(
-    directive: str | None, code: str, caplog: pytest.LogCaptureFixture
+    directive: str | None, code: str, caplog: pytest.LogCaptureFixture, mock: MockUpstream
 ) -> None:
     from ssegate.testing import closed_port_url
 
     caplog.set_level(logging.INFO, logger="ssegate")
-    with MockUpstream() as mock:
-        base_url = mock.url if directive else closed_port_url()
-        where = base_url.removeprefix("http://")
-        with running_gateway(mock, base_url=base_url + "/v1") as gw:
-            async with (
-                httpx.AsyncClient(base_url=gw.url) as client,
-                client.stream(
-                    "POST", "/v1/streams", json=ask(f"[[tokens:3]] {directive}"), headers=SSE
-                ) as response,
-            ):
-                events = payloads(await collect(response))
-                stream_id = response.headers["x-ssegate-stream-id"]
-                status = (await client.get(f"/v1/streams/{stream_id}")).json()
+    base_url = mock.url if directive else closed_port_url()
+    where = base_url.removeprefix("http://")
+    with running_gateway(mock, base_url=base_url + "/v1") as gw:
+        async with (
+            httpx.AsyncClient(base_url=gw.url) as client,
+            client.stream(
+                "POST", "/v1/streams", json=ask(f"[[tokens:3]] {directive}"), headers=SSE
+            ) as response,
+        ):
+            events = payloads(await collect(response))
+            stream_id = response.headers["x-ssegate-stream-id"]
+            status = (await client.get(f"/v1/streams/{stream_id}")).json()
     kind, error = events[-1][1], events[-1][2]
     assert (kind, error["code"]) == ("error", code)
     for told in (error["message"], status["error"]["message"]):
