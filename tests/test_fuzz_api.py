@@ -435,6 +435,8 @@ def http_requests(draw: st.DrawFn, target: Target) -> dict[str, Any]:
             # often enough that every run reaches them, not 0.2% of the time.
             chat[draw(st.sampled_from(["max_tokens", "messages", "on_disconnect"]))] = "x" * 3
         body = json.dumps(chat).encode() if method == "POST" else None
+        if method == "POST" and draw(st.integers(0, 3)) == 0:
+            body = draw(_OVERSIZED)  # past auth, to the body limit: 413 in every run
         return {
             "method": method,
             "url": target.url + template.replace("{stream_id}", target.stream_id),
