@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
+import pickle
 import re
 import sys
 
@@ -11,6 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ssegate import Decoder, ServerSentEvent, SseProtocolError, encode, encode_comment
+from ssegate.codec import encode_fields
+from ssegate.codec._encode import frame_fields
 
 
 def decode_all(data: bytes) -> list[ServerSentEvent]:
@@ -300,3 +304,100 @@ def test_arbitrary_bytes_never_raise_and_split_does_not_matter(
 def test_lone_surrogates_are_written_as_replacement_characters() -> None:
     encoded = encode(ServerSentEvent(data="a\ud800b", id="\udfff"))
     assert decode_all(encoded) == [ServerSentEvent(data="a\ufffdb", event="message", id="\ufffd")]
+
+
+# --- the one framing path -----------------------------------------------------------------
+
+_any_text = st.text(alphabet=st.sampled_from("ab\r\n\0 é\ud800:"), max_size=6)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    data=st.one_of(st.none(), _any_text),
+    event=st.one_of(st.none(), _any_text),
+    id=st.one_of(st.none(), _any_text),
+    retry=st.one_of(st.none(), st.integers(min_value=0, max_value=99)),
+    comment=st.one_of(st.none(), _any_text),
+)
+def test_the_usual_events_framing_is_the_general_framing(
+    data: str | None, event: str | None, id: str | None, retry: int | None, comment: str | None
+) -> None:
+    # Whatever shape takes the fast path at construction: the same refusals as checking each
+    # field, the same bytes as the general path.
+    illegal = (event is not None and ("\r" in event or "\n" in event)) or (
+        id is not None and ("\r" in id or "\n" in id or "\0" in id)
+    )
+    if illegal:
+        with pytest.raises(ValueError, match="must not contain"):
+            ServerSentEvent(data=data, event=event, id=id, retry=retry, comment=comment)
+        return
+    built = ServerSentEvent(data=data, event=event, id=id, retry=retry, comment=comment)
+    assert (built.data, built.event, built.id, built.retry, built.comment) == (
+        data,
+        event,
+        id,
+        retry,
+        comment,
+    )
+    assert encode(built) == frame_fields(data, event, id, retry, comment)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=_any_text,
+    event=st.one_of(st.none(), _any_text),
+    id=st.one_of(st.none(), _any_text, st.integers(min_value=0, max_value=10**12)),
+)
+def test_encode_fields_is_encode_of_the_event(
+    data: str, event: str | None, id: str | int | None
+) -> None:
+    event_id = None if id is None else str(id)
+    try:
+        want = encode(ServerSentEvent(data=data, event=event, id=event_id))
+    except ValueError as exc:
+        with pytest.raises(ValueError, match=str(exc)):
+            encode_fields(data, event=event, id=id)
+    else:
+        assert encode_fields(data, event=event, id=id) == want
+
+
+def test_encode_fields_writes_the_usual_event() -> None:
+    assert (
+        encode_fields('{"a":1}', event="delta", id=7) == b'id: 7\nevent: delta\ndata: {"a":1}\n\n'
+    )
+    assert encode_fields("x") == b"data: x\n\n"
+    assert encode_fields("a\nb", id="1") == b"id: 1\ndata: a\ndata: b\n\n"
+    assert encode_fields("\ud800") == "data: \ufffd\n\n".encode()
+    for bad in ({"event": "a\nb"}, {"id": "1\r"}, {"id": "1\x00"}):
+        with pytest.raises(ValueError, match="must not contain"):
+            encode_fields("x", **bad)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="data must be str"):
+        encode_fields(b"x")  # type: ignore[arg-type]
+
+
+def test_an_event_is_an_immutable_value() -> None:
+    event = ServerSentEvent(data="x", event="delta", id="1")
+    same = ServerSentEvent("x", "delta", "1")
+    other = ServerSentEvent(data="x", event="delta", id="2")
+    assert event == same
+    assert hash(event) == hash(same)
+    assert event != other
+    assert event != ("x", "delta", "1", None, None)
+    assert len({event, same, other}) == 2
+    assert repr(event) == (
+        "ServerSentEvent(data='x', event='delta', id='1', retry=None, comment=None)"
+    )
+    for name in ("data", "event", "id", "retry", "comment", "anything"):
+        with pytest.raises(AttributeError):
+            setattr(event, name, "y")
+    with pytest.raises(AttributeError):
+        del event.data
+    assert copy.copy(event) == event
+    assert copy.deepcopy(event) == event
+    assert pickle.loads(pickle.dumps(event)) == event
+    assert encode(pickle.loads(pickle.dumps(event))) == encode(event)
+    match event:
+        case ServerSentEvent(data, "delta"):
+            assert data == "x"
+        case _:
+            pytest.fail("no match")
