@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import copy
 import itertools
 import pickle
@@ -9,7 +10,7 @@ import re
 import sys
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ssegate import Decoder, ServerSentEvent, SseProtocolError, encode, encode_comment
@@ -401,3 +402,217 @@ def test_an_event_is_an_immutable_value() -> None:
             assert data == "x"
         case _:
             pytest.fail("no match")
+
+
+# --- the decoder's fast path against the spec, one character at a time ------------------------
+
+
+class SpecDecoder:
+    """HTML §9.2.6 "Interpreting an event stream" transcribed one character at a time, with
+    the decoder's bounds: the oracle for :class:`Decoder`, whose fast path takes whole events.
+
+    ``feed`` returns the events (as field tuples) that the bytes complete, or raises
+    ``SseProtocolError`` in the feed where a line or an event passes its bound.
+    """
+
+    def __init__(self, max_line: int, max_event: int) -> None:
+        self.max_line, self.max_event = max_line, max_event
+        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.started = self.after_cr = False
+        self.line = ""
+        self.data: list[str] = []
+        self.data_size = 0
+        self.event_type = ""
+        self.event_retry: int | None = None
+        self.id_buffer = self.last_event_id = ""
+        self.retry: int | None = None
+
+    def feed(self, data: bytes) -> list[tuple[object, ...]]:
+        out: list[tuple[object, ...]] = []
+        for char in self.utf8.decode(data):
+            if not self.started:
+                self.started = True
+                if char == "\ufeff":
+                    continue
+            if self.after_cr:
+                self.after_cr = False
+                if char == "\n":
+                    continue  # the LF of a CRLF
+            if char in "\r\n":
+                self.after_cr = char == "\r"
+                self.process(self.line, out)
+                self.line = ""
+                continue
+            self.line += char
+            if len(self.line) > self.max_line:
+                raise SseProtocolError("line")
+        return out
+
+    def process(self, line: str, out: list[tuple[object, ...]]) -> None:
+        if not line:
+            self.last_event_id = self.id_buffer
+            if self.data:
+                event = self.event_type or "message"
+                out.append(("\n".join(self.data), event, self.id_buffer or None, self.event_retry))
+            self.data, self.data_size, self.event_type, self.event_retry = [], 0, "", None
+            return
+        if line.startswith(":"):
+            return
+        name, colon, value = line.partition(":")
+        if colon and value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            self.data_size += len(value) + 1
+            if self.data_size > self.max_event:
+                raise SseProtocolError("event")
+            self.data.append(value)
+        elif name == "event":
+            self.event_type = value
+        elif name == "id" and "\0" not in value:
+            self.id_buffer = value
+        elif name == "retry" and value and all(c in "0123456789" for c in value):
+            self.retry = self.event_retry = int(value)
+
+
+_STREAM_FRAGMENTS = [
+    b"data",
+    b"data: ",
+    b"data:",
+    b"event",
+    b"event: error",
+    b"id: 7",
+    b"id: 8",
+    b"id",
+    b"id: \x00",
+    b"retry: 10",
+    b"retry: x",
+    b":",
+    b": comment",
+    b" ",
+    b"\n",
+    b"\n\n",
+    b"\r",
+    b"\r\n",
+    b"x",
+    b'{"a": 1}',
+    b"[DONE]",
+    "é€".encode(),
+    b"\xc3",
+    b"\xe2\x82",
+    b"\xff",
+    b"\xef\xbb\xbf",
+]
+# Mostly the usual shape (data lines and blank lines), so that the fast path runs often.
+_upstream_streams = st.lists(
+    st.one_of(
+        st.sampled_from(_STREAM_FRAGMENTS),
+        st.sampled_from([b"data: ", b"\n\n", b"data: [DONE]\n\n", b'data: {"n": 1}\n\n']),
+        st.integers(min_value=0, max_value=16).map(lambda n: b"data: " + b"x" * n + b"\n\n"),
+    ),
+    max_size=40,
+).map(b"".join)
+
+
+def _cut(data: bytes, points: list[int]) -> list[bytes]:
+    bounds = sorted({0, len(data), *(p % (len(data) + 1) for p in points)})
+    return [data[a:b] for a, b in itertools.pairwise(bounds)] or [b""]
+
+
+def _per_feed(
+    feeds: list[bytes], line: int = 1 << 20, event: int = 1 << 20
+) -> tuple[list[object], list[object]]:
+    """Per feed, what the decoder and the spec returned (event field tuples, or "error"),
+    then their last event id and reconnection time."""
+    decoder = Decoder(max_line_size=line, max_event_size=event)
+    spec = SpecDecoder(line, event)
+    got: list[object] = []
+    want: list[object] = []
+    for feed in feeds:
+        try:
+            want.append(spec.feed(feed))
+        except SseProtocolError:
+            want.append("error")
+        try:
+            got.append([(e.data, e.event, e.id, e.retry) for e in decoder.feed(feed)])
+        except SseProtocolError:
+            got.append("error")
+        if want[-1] == "error":
+            break
+    else:
+        want.append((spec.last_event_id, spec.retry))
+        got.append((decoder.last_event_id, decoder.retry))
+    return got, want
+
+
+@settings(max_examples=800, deadline=None)
+@given(
+    data=_upstream_streams, points=st.lists(st.integers(min_value=0, max_value=2000), max_size=8)
+)
+@example(data=b"data: a\n\n\ndata: b\n\n", points=[])
+@example(data=b"\xef\xbb\xbfdata: a\n\n", points=[1])
+@example(data=b"data: x\n\r", points=[8])
+@example(data=b"data: a\n\nid: 7\n\ndata: b\n\n", points=[9])
+@example(data=b"data: a\n\nid: 7\ndata: b\n\n\n\n\n", points=[9])
+@example(data=b"data: a\n\ndata: b\r\rdata: c\n\n", points=[9])
+def test_decoder_reports_what_the_spec_does_under_any_split(data: bytes, points: list[int]) -> None:
+    got, want = _per_feed(_cut(data, points))
+    assert got == want
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    data=_upstream_streams,
+    points=st.lists(st.integers(min_value=0, max_value=2000), max_size=8),
+    line=st.integers(min_value=3, max_value=24),
+    event=st.integers(min_value=3, max_value=24),
+)
+def test_decoder_bounds_are_the_specs_plus_bounds_under_any_split(
+    data: bytes, points: list[int], line: int, event: int
+) -> None:
+    got, want = _per_feed(_cut(data, points), line, event)
+    assert got == want
+
+
+@pytest.mark.parametrize("after", [b"", b"data: a\n\n"])  # the general path, the fast one
+@pytest.mark.parametrize("before", [b"", b"event: e\n"])  # a one-line event, a longer one
+def test_bounds_are_exact_on_both_paths(after: bytes, before: bytes) -> None:
+    # A line of max_line_size characters passes, one more fails; likewise an event's data
+    # (counted with one LF per line).
+    for line, event, size, ok in [
+        (10, 100, 10, True),
+        (10, 100, 11, False),
+        (100, 10, 15, True),  # "data: " and 9 characters: 10 with the LF
+        (100, 10, 16, False),
+    ]:
+        decoder = Decoder(max_line_size=line, max_event_size=event)
+        decoder.feed(after)
+        chunk = before + b"data: " + b"x" * (size - 6) + b"\n\n"
+        if ok:
+            assert len(decoder.feed(chunk)) == 1
+        else:
+            with pytest.raises(SseProtocolError):
+                decoder.feed(chunk)
+
+
+def test_the_usual_stream_takes_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    decoder = Decoder()
+    assert decoder.feed(b"id: 1\ndata: first\n\n") == [
+        ServerSentEvent(data="first", event="message", id="1")
+    ]
+
+    def general_path(self: Decoder, text: str, events: list[ServerSentEvent]) -> None:
+        raise AssertionError(f"the general path read {text!r}")
+
+    monkeypatch.setattr(Decoder, "_text", general_path)
+    chunk = b'data: {"n": 1}\n\ndata: {"n": 2}\n\nevent: error\ndata: {"e": 1}\n\n'
+    assert decoder.feed(chunk) == [
+        ServerSentEvent(data='{"n": 1}', event="message", id="1"),
+        ServerSentEvent(data='{"n": 2}', event="message", id="1"),
+        ServerSentEvent(data='{"e": 1}', event="error", id="1"),
+    ]
+    monkeypatch.undo()
+    # The rest of an event the fast path can't finish goes the general way, and back.
+    assert decoder.feed(b"data: [DO") == []
+    assert decoder.feed(b"NE]\n\n") == [ServerSentEvent(data="[DONE]", event="message", id="1")]
+    monkeypatch.setattr(Decoder, "_text", general_path)
+    assert decoder.feed(b"data: x\n\n") == [ServerSentEvent(data="x", event="message", id="1")]

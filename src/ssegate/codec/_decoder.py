@@ -25,7 +25,7 @@ import codecs
 import re
 
 from .._errors import SseProtocolError
-from ._event import ServerSentEvent
+from ._event import ServerSentEvent, decoded_event
 
 __all__ = ["Decoder"]
 
@@ -40,6 +40,7 @@ class Decoder:
     """
 
     __slots__ = (
+        "_between",
         "_data",
         "_data_size",
         "_event_retry",
@@ -52,6 +53,7 @@ class Decoder:
         "_skip_lf",
         "_started",
         "_utf8",
+        "_utf8_empty",
         "last_event_id",
         "retry",
     )
@@ -65,7 +67,9 @@ class Decoder:
         self._max_line = max_line_size
         self._max_event = max_event_size
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._utf8_empty = True  # whether self._utf8 holds no bytes of a cut character
         self._started = False
+        self._between = False  # see feed(); False until the first feed has read the BOM
         self._skip_lf = False
         self._partial: list[str] = []
         self._partial_size = 0
@@ -81,22 +85,75 @@ class Decoder:
 
     def feed(self, data: bytes) -> list[ServerSentEvent]:
         """Decode ``data`` and return every event that it completes, in order."""
-        text = self._utf8.decode(data)
+        if self._utf8_empty and data[-1:] < b"\x80" and type(data) is bytes:
+            # Nothing buffered and no character cut at the end: one decode is exact.
+            text = data.decode("utf-8", "replace")
+        else:
+            text = self._utf8.decode(data)
+            if data:
+                # After an ASCII byte the incremental decoder holds nothing back.
+                self._utf8_empty = data[-1:] < b"\x80"
         if not text:
             return []
+        if self._between and "\r" not in text:
+            # The fast path (LF line ends, between events): split whole events off at their
+            # blank lines; what follows the last one goes the general way.
+            blocks = text.split("\n\n")
+            text = blocks.pop()  # "" or "\n" (a blank line: nothing to do) once all is read
+            events = self._whole_events(blocks) if blocks else []
+            if text == "" or text == "\n":
+                return events
+        else:
+            events = []
+        self._text(text, events)
+        # Between events (nothing of the next one read yet): the next feed may take the fast
+        # path. A state only equal to that counts too (an id line equal to the last id).
+        self._between = (
+            not self._partial
+            and not self._skip_lf
+            and not self._data
+            and not self._event_type
+            and self._event_retry is None
+            and self._id_buffer == self.last_event_id
+        )
+        return events
+
+    def _whole_events(self, blocks: list[str]) -> list[ServerSentEvent]:
+        """The events of ``blocks``: each the lines of one event (LF-separated), a blank line
+        maybe before them. The same as reading those lines one by one."""
+        events: list[ServerSentEvent] = []
+        for block in blocks:
+            if block[:1] == "\n":
+                block = block[1:]  # a blank line between events: nothing to dispatch
+            if block[:6] == "data: " and "\n" not in block:
+                # The usual event: one data line.
+                if len(block) > self._max_line:
+                    raise SseProtocolError(f"line longer than {self._max_line} characters")
+                if len(block) - 5 > self._max_event:
+                    raise SseProtocolError(f"event larger than {self._max_event} characters")
+                events.append(decoded_event(block[6:], "message", self.last_event_id or None, None))
+            elif block:
+                for line in block.split("\n"):
+                    if len(line) > self._max_line:
+                        raise SseProtocolError(f"line longer than {self._max_line} characters")
+                    self._line(line, events)
+                self._dispatch(events)
+        return events
+
+    def _text(self, text: str, events: list[ServerSentEvent]) -> None:
+        """The general path: any line ends, a line split across feeds, the BOM."""
         if not self._started:
             self._started = True
             if text[0] == "\ufeff":
                 text = text[1:]
                 if not text:
-                    return []
+                    return
         if self._skip_lf:
             self._skip_lf = False
             if text[0] == "\n":
                 text = text[1:]
                 if not text:
-                    return []
-        events: list[ServerSentEvent] = []
+                    return
         pos = 0
         for match in _EOL.finditer(text):
             line = text[pos : match.start()]
@@ -118,7 +175,6 @@ class Decoder:
             if self._partial_size > self._max_line:
                 raise SseProtocolError(f"line longer than {self._max_line} characters")
             self._partial.append(rest)
-        return events
 
     def _line(self, line: str, events: list[ServerSentEvent]) -> None:
         if not line:
@@ -152,11 +208,11 @@ class Decoder:
         self.last_event_id = self._id_buffer
         if self._data:
             events.append(
-                ServerSentEvent(
-                    data="\n".join(self._data),
-                    event=self._event_type or "message",
-                    id=self._id_buffer or None,
-                    retry=self._event_retry,
+                decoded_event(
+                    "\n".join(self._data),
+                    self._event_type or "message",
+                    self._id_buffer or None,
+                    self._event_retry,
                 )
             )
             self._data = []
