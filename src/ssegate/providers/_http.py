@@ -39,6 +39,8 @@ import anyio
 import httpx
 import orjson
 
+from .._errors import SseProtocolError
+from ..codec import Decoder
 from ._base import Delta, ReasoningDelta, TextDelta
 from ._errors import (
     UpstreamConnectError,
@@ -48,7 +50,6 @@ from ._errors import (
     UpstreamStreamError,
     UpstreamTimeoutError,
 )
-from ._sse import UpstreamEvents
 from ._transport import LeanTransport
 
 __all__ = [
@@ -337,28 +338,32 @@ async def _drain(chunks: AsyncIterator[bytes]) -> None:
 
 
 class SseParser:
-    """Base for SSE upstreams: reads events with :class:`~ssegate.providers._sse.UpstreamEvents`
-    (the WHATWG rules, a fast path for the usual ``data:`` lines)."""
+    """Base for SSE upstreams: reads events with :class:`~ssegate.codec.Decoder` (the WHATWG
+    rules, bounded by ``max_event_size``) and hands each to :meth:`on_event`."""
 
     terminator = "end marker"
 
     def __init__(self, config: ProviderConfig) -> None:
         self.done = False
         self.secrets = config.secrets()
-        self._events = UpstreamEvents(
+        self._decoder = Decoder(
             max_line_size=config.max_event_size, max_event_size=config.max_event_size
         )
 
     def feed(self, data: bytes) -> Iterator[Delta]:
         """Read ``data`` and hand each complete event to :meth:`on_event`."""
-        for event, payload in self._events.feed(data):
-            yield from self.on_event(event, payload)
+        try:
+            events = self._decoder.feed(data)
+        except SseProtocolError as exc:
+            raise UpstreamProtocolError(f"upstream stream broke a bound: {exc}") from None
+        for event in events:
+            yield from self.on_event(event.event or "message", event.data or "")
             if self.done:
                 return
 
-    def on_event(self, event: str, data: bytes) -> Iterator[Delta]:
+    def on_event(self, event: str, data: str) -> Iterator[Delta]:
         """Yield the deltas of one upstream event: its type (``message`` when the upstream
-        named none) and its data as UTF-8 bytes (subclasses)."""
+        named none) and its data (subclasses)."""
         raise NotImplementedError
 
     def end(self) -> Iterator[Delta]:

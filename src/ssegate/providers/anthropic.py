@@ -172,7 +172,7 @@ class _AnthropicParser(SseParser):
         self._stop_reason: str | None = None
         self._tool_index: dict[int, int] = {}
 
-    def on_event(self, event: str, data: bytes) -> Iterator[Delta]:
+    def on_event(self, event: str, data: str) -> Iterator[Delta]:
         obj = loads_chunk(data, "upstream event")
         kind = obj.get("type", event)
         if kind == "content_block_delta":

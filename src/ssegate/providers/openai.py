@@ -106,8 +106,8 @@ class _OpenAIParser(SseParser):
         self._finish: str | None = None
         self._meta = ResponseMeta()
 
-    def on_event(self, event: str, data: bytes) -> Iterator[Delta]:
-        if b"[DONE]" in data and data.decode("utf-8", "replace").strip() == "[DONE]":
+    def on_event(self, event: str, data: str) -> Iterator[Delta]:
+        if "[DONE]" in data and data.strip() == "[DONE]":
             self.done = True
             return
         chunk = loads_chunk(data, "upstream chunk")
