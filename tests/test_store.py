@@ -533,6 +533,24 @@ async def test_memory_ring_keeps_exactly_max_events() -> None:
         assert store.statistics().events == 5
 
 
+def test_stored_events_are_immutable_values() -> None:
+    event = StoredEvent.build(3, "delta", '{"a":1}')
+    assert event.encoded == b'id: 3\nevent: delta\ndata: {"a":1}\n\n'
+    assert (event.id, event.event, event.data) == (3, "delta", '{"a":1}')
+    assert event == StoredEvent.build(3, "delta", '{"a":1}')
+    assert hash(event) == hash(StoredEvent.build(3, "delta", '{"a":1}'))
+    assert event != StoredEvent.build(4, "delta", '{"a":1}')
+    assert repr(event) == "StoredEvent(id=3, event='delta', data='{\"a\":1}')"
+    for name in ("id", "event", "data", "encoded", "other"):
+        with pytest.raises(AttributeError):
+            setattr(event, name, 1)
+    for bad in ("a\nb", "a\rb"):
+        with pytest.raises(ValueError, match="one line"):
+            StoredEvent.build(1, "delta", bad)
+    with pytest.raises(ValueError, match="must not contain"):
+        StoredEvent.build(1, "del\nta", "{}")
+
+
 async def test_memory_followers_share_the_encoded_bytes() -> None:
     async with MemoryStore() as store:
         sid = await new_stream(store)

@@ -2,7 +2,7 @@
 
 A store keeps, per stream, an ordered log of events (ids ``1..n``), the stream's status and
 metadata, a cancel signal, a subscriber count and the producer's lease. Everything that crosses
-the interface is plain data (``str``, ``int``, ``dict``, frozen dataclasses), so one store can
+the interface is plain data (``str``, ``int``, ``dict``, immutable values), so one store can
 be shared by many processes: the memory store lives in one process, the Redis store maps each
 method onto Redis Streams:
 
@@ -36,12 +36,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType, TracebackType
 from typing import Any, Self
 
-from ..codec import ServerSentEvent, encode
+from ..codec import encode_fields
 from ._errors import IllegalTransitionError, ProducerLostError, StreamGapError
 
 __all__ = [
@@ -130,25 +130,64 @@ def transition(status: StreamStatus, stream_input: StreamInput) -> StreamStatus:
 # -- data ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
 class StoredEvent:
-    """One event of a stream, with its SSE wire form encoded once.
+    """One event of a stream, with its SSE wire form encoded once: an immutable value.
 
     ``data`` is one line of JSON text. ``encoded`` is what a subscriber writes to its socket;
     every subscriber shares the same bytes object, so fan-out never re-encodes.
     """
 
-    id: int
-    event: str
-    data: str
-    encoded: bytes = field(repr=False)
+    # Read-only properties over slots rather than a frozen dataclass, for the reason
+    # ServerSentEvent gives: one is built per token, and a frozen dataclass's
+    # ``object.__setattr__`` per field cost more than encoding the event.
+    __slots__ = ("_data", "_encoded", "_event", "_id")
+
+    def __init__(self, id: int, event: str, data: str, encoded: bytes) -> None:
+        self._id = id
+        self._event = event
+        self._data = data
+        self._encoded = encoded
 
     @classmethod
     def build(cls, id: int, event: str, data: str) -> StoredEvent:
         """Make the event and its wire bytes; ``data`` must be one line (``ValueError``)."""
         if "\n" in data or "\r" in data:
             raise ValueError("event data must be one line")
-        return cls(id, event, data, encode(ServerSentEvent(data=data, event=event, id=str(id))))
+        return cls(id, event, data, encode_fields(data, event=event, id=id))
+
+    @property
+    def id(self) -> int:
+        """The event's id in its stream (``1..n``)."""
+        return self._id
+
+    @property
+    def event(self) -> str:
+        """The event type."""
+        return self._event
+
+    @property
+    def data(self) -> str:
+        """The payload, one line of JSON text."""
+        return self._data
+
+    @property
+    def encoded(self) -> bytes:
+        """The SSE wire form (``id``, ``event`` and ``data`` lines, then a blank line)."""
+        return self._encoded
+
+    def _fields(self) -> tuple[int, str, str, bytes]:
+        return (self._id, self._event, self._data, self._encoded)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StoredEvent):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return f"StoredEvent(id={self._id!r}, event={self._event!r}, data={self._data!r})"
 
 
 @dataclass(frozen=True, slots=True)
