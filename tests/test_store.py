@@ -21,6 +21,7 @@ import anyio
 import orjson
 import pytest
 
+from ssegate import _aio
 from ssegate.codec import Decoder
 from ssegate.store import (
     IllegalTransitionError,
@@ -531,6 +532,30 @@ async def test_memory_ring_keeps_exactly_max_events() -> None:
             await store.read(sid, 6)
         assert info.value.first_id == 8
         assert store.statistics().events == 5
+
+
+async def test_memory_followers_wait_on_the_portable_path_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Whatever the asyncio check answers, following works: here it answers "not asyncio".
+    monkeypatch.setattr(_aio, "asyncio_loop", lambda: None)
+    async with MemoryStore() as store:
+        sid = await new_stream(store)
+        got: list[int] = []
+
+        async def follower() -> None:
+            got.extend(e.id for e in await collect(store, sid))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(follower)
+            for i in range(1, 4):
+                await anyio.wait_all_tasks_blocked()
+                waiters = store._streams[sid].waiters
+                assert len(waiters) == 1
+                assert isinstance(waiters[0], anyio.Event)
+                await store.append(sid, "delta", payload(i))
+            await store.finish(sid, StreamStatus.DONE, "{}")
+        assert got == [1, 2, 3, 4]
 
 
 def test_stored_events_are_immutable_values() -> None:

@@ -3,8 +3,9 @@
 Each stream keeps its events in one ring buffer of ``max_events`` slots (event ``n`` lives in
 slot ``(n - 1) % max_events``), so appending, trimming and reading any id are O(1) and the
 bound is exact. Followers don't copy events: each keeps only the next id it wants and, once
-caught up, waits on the stream's ``anyio.Event``, which ``append`` sets and replaces. A slow
-follower therefore costs no memory; if it falls behind the cap it gets :class:`StreamGapError`.
+caught up, waits on a waiter of its own (:mod:`ssegate._aio`: a future on asyncio, an
+``anyio.Event`` elsewhere) that the next ``append`` wakes. A slow follower therefore costs no
+memory; if it falls behind the cap it gets :class:`StreamGapError`.
 
 Expiry needs no background task: a finished stream's TTL is checked when the stream is looked
 up, and ``create`` sweeps expired streams (oldest finish first, amortised O(1)). When the store
@@ -19,17 +20,17 @@ Not thread-safe: use it from the event loop that created it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any
 
 import anyio
 
+from .._aio import Waiter, wait, waiter_factory, wake
 from ._base import (
     FINISH_INPUTS,
     TERMINAL_EVENTS,
@@ -70,26 +71,6 @@ class MemoryStoreConfig:
             raise ValueError("finished_ttl must be positive")
         if not self.lease_ttl > 0:
             raise ValueError("lease_ttl must be positive")
-
-
-# A follower's wake-up call. On asyncio a bare future costs a fifth of an ``anyio.Event``
-# (measured), and one is made per event a caught-up follower waits for; elsewhere, the Event.
-_Waiter: TypeAlias = "asyncio.Future[None] | anyio.Event"
-
-
-def _running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:  # another anyio backend (trio)
-        return None
-
-
-def _fire(waiter: _Waiter) -> None:
-    if isinstance(waiter, asyncio.Future):
-        if not waiter.done():  # done only if its follower was cancelled
-            waiter.set_result(None)
-    else:
-        waiter.set()
 
 
 class _Stream:
@@ -151,7 +132,7 @@ class _Stream:
         self.last_id = 0
         # One waiter per caught-up follower, fired and dropped by the next append: an append
         # nobody waits for allocates nothing.
-        self.waiters: list[_Waiter] = []
+        self.waiters: list[Waiter] = []
         self.subscribers = 0
         self.subscribers_changed = anyio.Event()
         self.gone = False
@@ -177,7 +158,7 @@ class _Stream:
         if waiters:
             self.waiters = []
             for waiter in waiters:
-                _fire(waiter)
+                wake(waiter)
 
     def wake_watchers(self) -> None:
         changed, self.subscribers_changed = self.subscribers_changed, anyio.Event()
@@ -366,7 +347,7 @@ class MemoryStore(Store):
         if after < 0:
             raise ValueError("after must be >= 0")
         stream = self._lookup(stream_id)
-        loop = _running_asyncio_loop()
+        new_waiter = waiter_factory()  # a bare future on asyncio (see ssegate._aio)
         self._followers += 1
         try:
             next_id = after + 1
@@ -385,13 +366,10 @@ class MemoryStore(Store):
                     raise self._gone_error()
                 if stream.lease_expires <= self._clock():
                     raise ProducerLostError("the stream's producer stopped renewing its lease")
-                waiter: _Waiter = loop.create_future() if loop is not None else anyio.Event()
+                waiter = new_waiter()
                 stream.waiters.append(waiter)
                 try:
-                    if isinstance(waiter, asyncio.Future):
-                        await waiter
-                    else:
-                        await waiter.wait()
+                    await wait(waiter)
                 finally:
                     if stream.waiters:  # cancelled before an append fired it: unlist it
                         with contextlib.suppress(ValueError):
