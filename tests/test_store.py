@@ -1,13 +1,11 @@
 """The stream store contract, run against every store implementation.
 
 Every test in the first part takes the ``harness`` fixture and uses only the :class:`Store`
-interface, so the Redis store runs the same suite: add
-``pytest.param("redis", marks=pytest.mark.redis)`` to ``store_kind``'s params (its branch
-below expects ``ssegate.store.redis.RedisStore(RedisStoreConfig(url=..., key_prefix=...,
-max_events=..., finished_ttl=..., lease_ttl=...))``). Time-based bounds use tiny values:
-``harness.advance`` moves the memory store's injected clock, and really sleeps for Redis, whose
-keys expire on the server's clock. Tests of memory-only bounds come last.
-"""
+interface, so the memory store and the Redis store run the same suite: the memory store on
+asyncio and trio, the Redis store (redis-py's asyncio client) on asyncio only. Time-based
+bounds use tiny values: ``harness.advance`` moves the memory store's injected clock, and really
+sleeps for Redis, whose keys expire on the server's clock. Tests of memory-only bounds come
+last, on both backends."""
 
 from __future__ import annotations
 
@@ -60,7 +58,31 @@ class Harness:
     advance: Callable[[float], Awaitable[None]]  # let this much store time pass
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """The anyio backend, "asyncio" or "trio": every test runs on both (but see below)."""
+    return str(request.param)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Every test runs on asyncio and on trio; the contract runs against the memory store on
+    # both and against the Redis store on asyncio only (redis-py's client is asyncio's). One
+    # parametrisation of the pair leaves out Redis on trio rather than skip it.
+    if "store_kind" in metafunc.fixturenames:
+        metafunc.parametrize(
+            ("store_kind", "anyio_backend"),
+            [
+                ("memory", "asyncio"),
+                ("memory", "trio"),
+                pytest.param("redis", "asyncio", marks=pytest.mark.redis),
+            ],
+            indirect=True,
+        )
+    elif "anyio_backend" in metafunc.fixturenames:
+        metafunc.parametrize("anyio_backend", ["asyncio", "trio"], indirect=True)
+
+
+@pytest.fixture
 def store_kind(request: pytest.FixtureRequest) -> tuple[str, str | None]:
     if request.param == "redis":
         return "redis", request.getfixturevalue("redis_server").url

@@ -4,6 +4,9 @@
 (``ssegate.store.redis``) implements the same contract for more than one instance; importing
 this package does not import redis. The store's errors (:class:`StoreError` and its subclasses)
 are here too.
+
+The memory store runs on any anyio backend (asyncio or trio). The Redis store runs on asyncio
+only: it is built on redis-py's asyncio client.
 """
 
 from ._base import (

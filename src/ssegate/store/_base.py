@@ -4,21 +4,29 @@ A store keeps, per stream, an ordered log of events (ids ``1..n``), the stream's
 metadata, a cancel signal, a subscriber count and the producer's lease. Everything that crosses
 the interface is plain data (``str``, ``int``, ``dict``, immutable values), so one store can
 be shared by many processes: the memory store lives in one process, the Redis store maps each
-method onto Redis Streams:
+method onto Redis Streams and pub/sub:
 
 ===================  ============================================================================
-method               Redis
+method               Redis (each write is one Lua script, so it is atomic)
 ===================  ============================================================================
 ``create``           ``HSET`` a metadata hash, ``SET`` the lease key with a TTL
-``append``           script: check status, ``HINCRBY`` last id, ``XADD id MAXLEN`` (capped)
-``finish``           script: ``XADD`` the terminal event and ``HSET`` status in one step, ``EXPIRE``
-``read``/``follow``  ``XRANGE`` after an id, then ``XREAD BLOCK``; a hole before the first kept
-                     entry is a :class:`StreamGapError`
-``request_cancel``   ``HSET cancel_requested`` + ``PUBLISH`` (another instance may own the job)
-``wait_cancel``      ``SUBSCRIBE`` to that channel
-``subscriber``       a per-subscriber key with a TTL (a crashed instance can't pin the count)
+``append``           check status, ``HINCRBY`` last id, ``XADD id MAXLEN ~`` (capped), ``PUBLISH``
+                     the event on the stream's data channel, renew the lease
+``finish``           ``XADD`` the terminal event, ``HSET`` status, ``EXPIRE`` the keys and
+                     ``PUBLISH`` the end on the control channel, in one step
+``read``             ``XRANGE`` after an id (a hole before the first kept entry is a
+                     :class:`StreamGapError`)
+``follow``           ``XRANGE`` the backlog, then live events from the stream's data channel, which
+                     the instance's one pub/sub connection subscribes to while anything in the
+                     process follows; ``XRANGE`` again only after a reconnect or when behind
+                     the instance's cache of recent events
+``request_cancel``   ``HSETNX cancel`` + ``PUBLISH`` on the control channel (another instance
+                     may own the job)
+``wait_cancel``      ``HGET cancel``, then wait on the control channel
+``subscriber``       a member of a sorted set scored by its expiry, renewed by its instance (a
+                     crashed instance can't pin the count)
 ``renew_lease``      ``SET lease PX`` by the producing instance; followers learn of a lost
-                     producer when the key is gone (:class:`ProducerLostError`)
+                     producer when the key is gone (``PTTL``; :class:`ProducerLostError`)
 ===================  ============================================================================
 
 Status is a small state machine with an explicit table (:data:`TRANSITIONS`)::

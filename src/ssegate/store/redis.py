@@ -1,5 +1,8 @@
 """The Redis store: streams shared by all gateway instances, on Redis Streams (Redis ≥ 6.2, Valkey).
 
+It runs on asyncio only (anyio's asyncio backend included, not trio): it is built on redis-py's
+asyncio client.
+
 Keys and channels per stream (a hash with the metadata, a Redis stream with the events, the
 producer's lease, a sorted set of subscriber leases, and two pub/sub channels) are laid out in
 ``ssegate.store._redis_keys``; the Lua scripts are in ``ssegate.store._redis_scripts`` and the
