@@ -206,6 +206,23 @@ def test_illegal_events_cannot_be_built(kwargs: dict[str, object]) -> None:
         ServerSentEvent(data="x", **kwargs)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"data": b"x"},
+        {"event": ["a"]},
+        {"event": 5},
+        {"id": 5},
+        {"id": b"1"},
+        {"comment": 1},
+    ],
+)
+def test_fields_of_the_wrong_type_are_refused(kwargs: dict[str, object]) -> None:
+    fields: dict[str, object] = {"data": "x", "event": "delta", "id": "1"}
+    with pytest.raises(TypeError, match="must be str"):
+        ServerSentEvent(**{**fields, **kwargs})  # type: ignore[arg-type]
+
+
 def test_comment_and_heartbeat() -> None:
     assert encode_comment("ping") == b": ping\n\n"
     assert encode(ServerSentEvent(comment="a\nb")) == b": a\n: b\n\n"

@@ -38,22 +38,17 @@ def frame(data: str, event: str | None, id: str | None) -> bytes | None:
     NUL. The checks that this takes are all that validating such fields takes, so a caller that
     gets bytes back needs no other check; on ``None`` it validates and takes the general path.
     """
-    # One format per shape, then CR and NUL looked for once in the whole text, LF per field.
+    # One format per shape; LF looked for per field, CR and NUL once in the whole text.
+    if id is not None and (type(id) is not str or not id or "\n" in id):
+        return None
     if event is None:
-        if id is None:
-            text = f"data: {data}\n\n"
-        elif type(id) is str and id and "\n" not in id:
-            text = f"id: {id}\ndata: {data}\n\n"
-        else:
-            return None
+        text = f"data: {data}\n\n" if id is None else f"id: {id}\ndata: {data}\n\n"
     elif type(event) is not str or "\n" in event:
         return None
     elif id is None:
         text = f"event: {event}\ndata: {data}\n\n"
-    elif type(id) is str and id and "\n" not in id:
-        text = f"id: {id}\nevent: {event}\ndata: {data}\n\n"
     else:
-        return None
+        text = f"id: {id}\nevent: {event}\ndata: {data}\n\n"
     if "\n" in data or "\r" in text or "\0" in text:
         return None
     try:
