@@ -1,10 +1,10 @@
 """The one place that asks "is this asyncio?", and the waiter it picks.
 
 Code that runs on any anyio backend waits with ``anyio.Event``. One wait happens per event for
-every caught-up follower of a stream, and on asyncio an ``anyio.Event`` costs about 22,000 more
-CPU instructions per wait than a bare ``asyncio`` future (callgrind, one follower per stream,
-one loop turn per event: 113,700 against 91,300 instructions per event; with ten followers
-576,800 against 354,300). So a task that runs on asyncio waits on a future.
+every caught-up follower of a stream, and on asyncio an ``anyio.Event`` costs about 21,000 more
+CPU instructions per wait than a bare ``asyncio`` future (callgrind, the memory store, one loop
+turn per event: 114,700 against 93,600 instructions per event with one follower, 588,300
+against 376,400 with ten). So a task that runs on asyncio waits on a future.
 
 The check (:func:`asyncio_loop`) asks asyncio itself, through public functions, whether the
 calling code runs in an asyncio task; anything else (trio, no loop, a loop without a task)
