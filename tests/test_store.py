@@ -542,6 +542,62 @@ async def test_lease_expires_unless_renewed(harness: Harness) -> None:
     assert not await store.producer_alive(sid)
 
 
+# -- aliases (a front door's own name for a stream, e.g. a chat id) -------------------------
+
+
+async def test_an_alias_points_at_the_last_stream_set(store: Store) -> None:
+    first = await new_stream(store)
+    second = await new_stream(store)
+    assert await store.get_alias("chat:a") is None
+    assert await store.set_alias("chat:a", first, ttl=60) is None
+    assert await store.get_alias("chat:a") == first
+    assert await store.set_alias("chat:a", second, ttl=60) == first  # the one it replaced
+    assert await store.get_alias("chat:a") == second
+    assert await store.get_alias("chat:b") is None  # names are apart
+    await store.set_alias("chat:b", first, ttl=60)
+    assert (await store.get_alias("chat:a"), await store.get_alias("chat:b")) == (second, first)
+
+
+async def test_an_alias_ends_with_its_stream(harness: Harness) -> None:
+    store = await harness.make(finished_ttl=0.2, lease_ttl=30)
+    done = await new_stream(store)
+    deleted = await new_stream(store)
+    await store.set_alias("chat:done", done, ttl=60)
+    await store.set_alias("chat:deleted", deleted, ttl=60)
+    await fill(store, done, 2)
+    assert await store.get_alias("chat:done") == done  # finished, still kept
+    await store.delete(deleted)
+    assert await store.get_alias("chat:deleted") is None
+    await harness.advance(0.3)
+    assert await store.get_alias("chat:done") is None  # expired with the stream
+    # Setting an alias whose old stream is gone reports nothing replaced.
+    fresh = await new_stream(store)
+    assert await store.set_alias("chat:deleted", fresh, ttl=60) is None
+
+
+async def test_an_alias_lasts_its_ttl_at_most(harness: Harness) -> None:
+    store = await harness.make(lease_ttl=30)
+    sid = await new_stream(store)
+    await store.set_alias("chat:short", sid, ttl=0.2)
+    await harness.advance(0.1)
+    assert await store.get_alias("chat:short") == sid
+    await harness.advance(0.2)
+    assert await store.get_alias("chat:short") is None
+    assert (await store.get(sid)).status is StreamStatus.RUNNING  # the stream lives on
+
+
+async def test_an_alias_needs_a_kept_stream_and_a_name(store: Store) -> None:
+    with pytest.raises(StreamNotFoundError):
+        await store.set_alias("chat:x", "st_nope", ttl=60)
+    assert await store.get_alias("chat:x") is None
+    sid = await new_stream(store)
+    with pytest.raises(ValueError, match="empty"):
+        await store.set_alias("", sid, ttl=60)
+    for ttl in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="ttl"):
+            await store.set_alias("chat:x", sid, ttl=ttl)
+
+
 # -- memory store specifics -----------------------------------------------------------------
 
 
@@ -661,3 +717,19 @@ async def test_memory_statistics() -> None:
         assert (stats.subscribers, stats.followers) == (0, 0)
         await store.delete(a)
         assert (store.statistics().streams, store.statistics().events) == (1, 1)
+
+
+async def test_memory_aliases_stay_bounded() -> None:
+    clock = FakeClock()
+    async with MemoryStore(MemoryStoreConfig(max_streams=3, finished_ttl=1), clock=clock) as store:
+        live = await new_stream(store)
+        for n in range(2):
+            gone = await new_stream(store)
+            await store.set_alias(f"dead{n}", gone, ttl=60)
+            await store.delete(gone)
+        for n in range(10):  # many names for one live stream: the oldest make room
+            await store.set_alias(f"live{n}", live, ttl=60)
+        assert len(store._aliases) <= 2 * 3
+        assert await store.get_alias("live9") == live
+        assert await store.get_alias("dead0") is None
+        assert await store.get_alias("live0") is None

@@ -458,3 +458,13 @@ class MeteredStore(Store):
     def statistics(self) -> StoreStatistics:
         """See :meth:`Store.statistics`."""
         return self.inner.statistics()
+
+    async def set_alias(self, alias: str, stream_id: str, *, ttl: float) -> str | None:
+        """See :meth:`Store.set_alias`."""
+        with self.metrics.time_store("set_alias"):
+            return await self.inner.set_alias(alias, stream_id, ttl=ttl)
+
+    async def get_alias(self, alias: str) -> str | None:
+        """See :meth:`Store.get_alias`."""
+        with self.metrics.time_store("get_alias"):
+            return await self.inner.get_alias(alias)

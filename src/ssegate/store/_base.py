@@ -385,3 +385,23 @@ class Store(ABC):
     @abstractmethod
     def statistics(self) -> StoreStatistics:
         """Current counters."""
+
+    # -- aliases -------------------------------------------------------------------------
+
+    @abstractmethod
+    async def set_alias(self, alias: str, stream_id: str, *, ttl: float) -> str | None:
+        """Point the name ``alias`` at ``stream_id`` (a front door's own id for its stream, such
+        as a chat id); return the stream it pointed at before, if that one is still kept.
+
+        The alias ends with its stream (once the stream is deleted or has expired,
+        :meth:`get_alias` answers ``None``) and after ``ttl`` seconds at the latest: pass the
+        longest the stream may still live (its time limit plus the finished-stream TTL), so
+        the name never outlives its purpose in storage. Raises ``StreamNotFoundError`` if
+        ``stream_id`` is not kept, ``ValueError`` for an empty name or a ``ttl`` that is not
+        positive.
+        """
+
+    @abstractmethod
+    async def get_alias(self, alias: str) -> str | None:
+        """The stream ``alias`` points at, or ``None`` if it was never set, has expired, or
+        its stream is no longer kept."""

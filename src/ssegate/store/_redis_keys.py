@@ -18,6 +18,10 @@ keys share a slot):
                  changed), ``x`` (deleted)
 ===============  ================================================================================
 
+An alias ``A`` (:meth:`~ssegate.store.Store.set_alias`, e.g. a chat id) is the string key
+``P{A}:a`` holding its stream's id, with a TTL; hash-tagged by the alias, since it is looked up
+before its stream is known.
+
 Every instance also listens on ``P_instance:<random id>``, its own channel: the pub/sub
 connection counts as up once that subscription is confirmed.
 """
@@ -27,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["RedisStoreConfig", "stream_channels", "stream_keys"]
+__all__ = ["RedisStoreConfig", "alias_key", "stream_channels", "stream_keys"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,3 +96,8 @@ def stream_channels(key_prefix: str, sid: str) -> tuple[bytes, bytes]:
     """The pub/sub channels of stream ``sid``: control, data."""
     base = f"{key_prefix}{{{sid}}}".encode()
     return base + b":c", base + b":d"
+
+
+def alias_key(key_prefix: str, alias: str) -> bytes:
+    """The key of alias ``alias``."""
+    return f"{key_prefix}{{{alias}}}:a".encode()

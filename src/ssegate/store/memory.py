@@ -209,6 +209,9 @@ class MemoryStore(Store):
         self._events = 0
         self._subscribers = 0
         self._followers = 0
+        # alias -> (stream id, expiry); dropped when read after its stream is gone, and
+        # swept by set_alias once they outnumber what the streams can hold.
+        self._aliases: dict[str, tuple[str, float]] = {}
 
     # -- lookup and expiry --------------------------------------------------------------
 
@@ -466,3 +469,44 @@ class MemoryStore(Store):
             subscribers=self._subscribers,
             followers=self._followers,
         )
+
+    # -- aliases -------------------------------------------------------------------------
+
+    def _alias_target(self, alias: str) -> str | None:
+        """The stream of ``alias`` if it and its stream are still kept; drops it if not."""
+        entry = self._aliases.get(alias)
+        if entry is None:
+            return None
+        stream_id, expires_at = entry
+        if self._clock() < expires_at:
+            try:
+                self._lookup(stream_id)
+            except StreamNotFoundError:
+                pass
+            else:
+                return stream_id
+        del self._aliases[alias]
+        return None
+
+    async def set_alias(self, alias: str, stream_id: str, *, ttl: float) -> str | None:
+        """Point ``alias`` at ``stream_id`` for as long as both are kept (at most ``ttl`` s)."""
+        if not alias:
+            raise ValueError("an alias must not be empty")
+        if not ttl > 0:
+            raise ValueError("ttl must be positive")
+        self._lookup(stream_id)  # not found, or the store is closed
+        previous = self._alias_target(alias)
+        self._aliases.pop(alias, None)  # re-inserted last: the dict stays in setting order
+        if len(self._aliases) >= 2 * self.config.max_streams:
+            for name in list(self._aliases):
+                self._alias_target(name)  # drops the dead ones
+            while len(self._aliases) >= 2 * self.config.max_streams:
+                del self._aliases[next(iter(self._aliases))]  # many names for live streams
+        self._aliases[alias] = (stream_id, self._clock() + ttl)
+        return previous
+
+    async def get_alias(self, alias: str) -> str | None:
+        """The stream ``alias`` points at, or ``None``."""
+        if self._closed:
+            raise StoreUnavailableError("the store is closed")
+        return self._alias_target(alias)

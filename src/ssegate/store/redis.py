@@ -66,7 +66,7 @@ from ._base import (
     StreamStatus,
 )
 from ._errors import StoreError, StoreUnavailableError, StreamNotFoundError
-from ._redis_keys import RedisStoreConfig
+from ._redis_keys import RedisStoreConfig, alias_key
 from ._redis_pubsub import RedisHub, Watch
 
 __all__ = ["RedisStore", "RedisStoreConfig"]
@@ -512,3 +512,42 @@ class RedisStore(RedisHub, Store):
             subscribers=len(self._subscribers),
             followers=self._followers,
         )
+
+    # -- aliases ---------------------------------------------------------------------------
+
+    async def _kept(self, stream_id: str) -> bool:
+        meta, _, _, _ = self._keys(stream_id)
+        client = self._client()
+        with self._translate():
+            return bool(await client.exists(meta))
+
+    async def set_alias(self, alias: str, stream_id: str, *, ttl: float) -> str | None:
+        """``SET P{alias}:a <stream id> PX ttl GET``, after checking the stream is kept."""
+        if not alias:
+            raise ValueError("an alias must not be empty")
+        if not ttl > 0:
+            raise ValueError("ttl must be positive")
+        if not await self._kept(stream_id):
+            raise StreamNotFoundError("no such stream")
+        client = self._client()
+        with self._translate():
+            previous = await client.set(
+                alias_key(self.config.key_prefix, alias),
+                stream_id,
+                px=max(1, round(ttl * 1000)),
+                get=True,
+            )
+        if previous is None:
+            return None
+        previous_id = _text(previous)
+        return previous_id if await self._kept(previous_id) else None
+
+    async def get_alias(self, alias: str) -> str | None:
+        """``GET P{alias}:a``, ``None`` once its stream's keys are gone."""
+        client = self._client()
+        with self._translate():
+            raw = await client.get(alias_key(self.config.key_prefix, alias))
+        if raw is None:
+            return None
+        stream_id = _text(raw)
+        return stream_id if await self._kept(stream_id) else None
