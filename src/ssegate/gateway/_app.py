@@ -44,6 +44,7 @@ from .routes import (
     ops_router,
     pages_router,
     streams_router,
+    ui_chat_router,
 )
 
 sniffio: ModuleType | None
@@ -196,6 +197,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(learn_router)
     app.include_router(streams_router)
     app.include_router(openai_router)
+    app.include_router(ui_chat_router(settings.server.ui_chat_path))
     app.include_router(pages_router)
     document(app)  # /openapi.json lists the statuses the routes really answer
     return app

@@ -10,6 +10,7 @@ gets everything it needs here, and tests build settings directly, with
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -32,6 +33,7 @@ LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 ProviderKind = Literal["demo", "openai", "anthropic", "ollama"]
 
 _STORE_SCHEMES = ("redis://", "rediss://", "unix://")
+_UI_CHAT_PATH = re.compile(r"/v1(?:/[A-Za-z0-9_-][A-Za-z0-9_.-]*)+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,9 +67,19 @@ class ServerConfig:
         minimum=1,
         maximum=256,
     )
+    ui_chat_path: str = option(
+        "/v1/ui/chat",
+        "Path of the Vercel AI SDK's useChat endpoint (docs/ai-sdk.md); under /v1/, where API "
+        "keys apply.",
+    )
 
     def __post_init__(self) -> None:
         validate(self)
+        if not _UI_CHAT_PATH.fullmatch(self.ui_chat_path):
+            raise ValueError(
+                "--ui-chat-path must be a path under /v1/ of letters, digits and '-', '_', '.' "
+                f"segments, without a trailing slash (got {self.ui_chat_path!r})"
+            )
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ from ._ops import router as ops_router
 from ._pages import router as pages_router
 from ._responses import document
 from ._streams import router as streams_router
+from ._ui_chat import ui_chat_router
 
 __all__ = [
     "document",
@@ -14,4 +15,5 @@ __all__ = [
     "ops_router",
     "pages_router",
     "streams_router",
+    "ui_chat_router",
 ]

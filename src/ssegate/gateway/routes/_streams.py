@@ -249,9 +249,19 @@ def _wants_event_stream(accept: str | None) -> bool:
 
 
 async def start_stream(
-    state: GatewayState, security: GatewaySecurity, body: StreamRequest, owner: str | None
+    state: GatewayState,
+    security: GatewaySecurity,
+    body: StreamRequest,
+    owner: str | None,
+    *,
+    tools: list[dict[str, Any]] | None = None,
+    start_fields: dict[str, Any] | None = None,
 ) -> StreamInfo:
-    """Check the limits and the model, and start a generation owned by ``owner``."""
+    """Check the limits and the model, and start a generation owned by ``owner``.
+
+    ``tools`` (OpenAI function tools) go to the provider; ``start_fields`` are added to the
+    stream's ``start`` event (another front door's ids).
+    """
     if state.draining:
         raise ApiError(
             503, "shutting_down", "the gateway is shutting down", headers={"Retry-After": "1"}
@@ -274,6 +284,7 @@ async def start_stream(
         model=route.upstream_model,
         max_tokens=body.max_tokens,
         temperature=body.temperature,
+        tools=tools,
     )
     provider: Provider = route.provider
     content_log = security.content_log
@@ -284,7 +295,7 @@ async def start_stream(
                 logged or provider,
                 request,
                 model_label=route.name,
-                start_extra=_start_token(security),
+                start_extra=_start_extra(security, start_fields or {}),
                 owner=owner,
                 on_disconnect=body.on_disconnect or settings.streams.on_disconnect,
                 grace=settings.streams.disconnect_grace,
@@ -306,16 +317,20 @@ async def start_stream(
     return info
 
 
-def _start_token(security: GatewaySecurity) -> Callable[[str], dict[str, Any]] | None:
+def _start_extra(
+    security: GatewaySecurity, fields: dict[str, Any]
+) -> Callable[[str], dict[str, Any]] | None:
     """The ``start`` event carries the stream's read token (when keys are on), so a page that
-    started with ``fetch()`` can resume with ``EventSource`` after a reload."""
+    started with ``fetch()`` can resume with ``EventSource`` after a reload; and ``fields``."""
     tokens = security.tokens
-    if tokens is None:
+    if tokens is None and not fields:
         return None
 
     def extra(stream_id: str) -> dict[str, Any]:
+        if tokens is None:
+            return dict(fields)
         token, expires = tokens.issue(stream_id)
-        return {"token": token, "token_expires_at": expires}
+        return {**fields, "token": token, "token_expires_at": expires}
 
     return extra
 
