@@ -70,7 +70,7 @@ class UIMessage(BaseModel):
 
     id: str = Field(max_length=200)
     role: Literal["system", "user", "assistant"]
-    parts: list[dict[str, Any]]
+    parts: list[Any]
     metadata: Any = None
 
 
