@@ -1,6 +1,7 @@
 # Every target bootstraps its own virtualenv in .venv from pyproject.toml: `serve` installs the
 # runtime only; `test`, `lint`, `typecheck` add the test extra; `test` also installs the system
-# packages the tests drive when they are missing (.ci/system-deps: chromium, redis-server).
+# packages the tests drive when they are missing (.ci/system-deps: chromium, redis-server,
+# nodejs, npm) and the npm packages of the JavaScript test projects from their lockfiles.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +9,10 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 ARGS ?=
 
-.PHONY: serve test system-deps lint typecheck check bench bench-quick clean
+# The JavaScript projects the tests drive (the ai package's client, the example useChat page).
+JS_PROJECTS := tests/js examples/ai-sdk-chat
+
+.PHONY: serve test system-deps js-deps lint typecheck check bench bench-quick clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,10 +27,16 @@ $(VENV)/.test-installed: $(VENV)/.installed
 serve: $(VENV)/.installed  ## run the gateway on $(HOST):$(PORT)
 	$(VENV)/bin/ssegate serve --host $(HOST) --port $(PORT) $(ARGS)
 
-system-deps:  ## chromium and redis-server, if missing (apt-get)
+system-deps:  ## chromium, redis-server, nodejs and npm, if missing (apt-get)
 	.ci/system-deps
 
-test: $(VENV)/.test-installed system-deps  ## run every test
+# npm ci when a project's lockfile is newer than what is installed.
+%/node_modules/.package-lock.json: %/package-lock.json | system-deps
+	cd $* && npm ci --no-audit --no-fund --loglevel=error
+
+js-deps: $(addsuffix /node_modules/.package-lock.json,$(JS_PROJECTS))  ## npm packages the tests use
+
+test: $(VENV)/.test-installed system-deps js-deps  ## run every test
 	$(PY) -m pytest $(ARGS)
 
 lint: $(VENV)/.test-installed
