@@ -6,8 +6,10 @@ client is in ``test_ui_chat_js.py``; the parts' translation is unit-tested at th
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -394,3 +396,13 @@ def test_endings() -> None:
     ]
     reasons = [translated(start, ("done", {"finish_reason": r}))[-1] for r in ("length", "odd")]
     assert [p["finishReason"] for p in reasons] == ["length", "other"]
+
+
+def test_the_docs_page_is_the_example_the_browser_test_runs() -> None:
+    # docs/ai-sdk.md's React page can't run as a docs block; the example is that page, and
+    # tests/browser/test_ui_chat_page.py builds and drives it in Chromium.
+    root = Path(__file__).resolve().parents[1]
+    doc = (root / "docs" / "ai-sdk.md").read_text("utf-8")
+    pages = re.findall(r"\n```jsx\n(.*?)```\n", doc, re.DOTALL)
+    example = (root / "examples" / "ai-sdk-chat" / "src" / "main.jsx").read_text("utf-8")
+    assert pages == [example]
