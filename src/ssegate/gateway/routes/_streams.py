@@ -44,12 +44,21 @@ from .._state import GatewayState, state_of
 from ._json_values import WHOLE, JsonValue, JsonValueError, check_json_values
 from ._responses import EventStream, errors, event_stream
 
-__all__ = ["StreamRequest", "event_stream_response", "router"]
+__all__ = [
+    "STREAM_ID_HEADER",
+    "StreamRequest",
+    "StreamsRoute",
+    "event_stream_response",
+    "json_body",
+    "router",
+    "start_stream",
+    "wait_finished",
+]
 
 log = logging.getLogger("ssegate.streams")
 
 
-class _StreamsRoute(APIRoute):
+class StreamsRoute(APIRoute):
     """A route that says what is wrong with a body FastAPI could not decode (bytes that are
     not UTF-8, -16 or -32), where FastAPI says only "There was an error parsing the body"."""
 
@@ -77,9 +86,9 @@ class _StreamsRoute(APIRoute):
         return streams_handler
 
 
-router = APIRouter(prefix="/v1/streams", tags=["streams"], route_class=_StreamsRoute)
+router = APIRouter(prefix="/v1/streams", tags=["streams"], route_class=StreamsRoute)
 
-_STREAM_ID_HEADER = "x-ssegate-stream-id"
+STREAM_ID_HEADER = "x-ssegate-stream-id"
 _READ_TOKEN_HEADER = "x-ssegate-read-token"
 
 
@@ -218,7 +227,7 @@ def event_stream_response(
     return TrackedEventSourceResponse(
         _events(state, stream_id, after),
         status_code=status_code,
-        headers={_STREAM_ID_HEADER: stream_id, **(headers or {})},
+        headers={STREAM_ID_HEADER: stream_id, **(headers or {})},
         ping_interval=settings.streams.heartbeat_interval or None,
         retry=settings.streams.retry_ms or None,
         send_timeout=settings.streams.send_timeout or None,
@@ -227,7 +236,7 @@ def event_stream_response(
     )
 
 
-async def _json_body(
+async def json_body(
     content_type: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> None:
     """Refuse a body not declared as JSON (FastAPI would not parse it, and say something less
@@ -361,7 +370,7 @@ async def _readable(request: Request, stream_id: str, *, cancel: bool = False) -
         200: event_stream("With Accept: text/event-stream: the stream itself"),
         **errors(400, 401, 404, 413, 415, 422, 429, 503),
     },
-    dependencies=[Depends(_json_body)],
+    dependencies=[Depends(json_body)],
 )
 async def create_stream(
     request: Request,
@@ -398,7 +407,7 @@ async def create_stream(
             **extra,
         },
         status_code=201,
-        headers={"Location": f"/v1/streams/{info.id}", _STREAM_ID_HEADER: info.id, **headers},
+        headers={"Location": f"/v1/streams/{info.id}", STREAM_ID_HEADER: info.id, **headers},
     )
 
 
@@ -440,7 +449,7 @@ async def stream_events(
             f"Last-Event-ID {after} is beyond the stream's last event ({info.last_event_id})",
         )
     if info.status is not StreamStatus.RUNNING and after == info.last_event_id:
-        return Response(status_code=204, headers={_STREAM_ID_HEADER: stream_id})
+        return Response(status_code=204, headers={STREAM_ID_HEADER: stream_id})
     limit = state.settings.limits.max_subscribers_per_stream
     if limit and info.subscribers >= limit:
         raise ApiError(
@@ -481,12 +490,13 @@ async def cancel_stream(request: Request, stream_id: str) -> JSONResponse:
     info = await _readable(request, stream_id, cancel=True)
     if info.status is StreamStatus.RUNNING:
         await state.jobs.cancel(stream_id, "client")
-        info = await _wait_finished(state, stream_id, info.last_event_id, 1.0)
+        info = await wait_finished(state, stream_id, info.last_event_id, 1.0)
     status = 200 if info.status is not StreamStatus.RUNNING else 202
     return JSONResponse(info.to_dict(), status_code=status)
 
 
-async def _wait_finished(state: GatewayState, stream_id: str, after: int, limit: float) -> Any:
+async def wait_finished(state: GatewayState, stream_id: str, after: int, limit: float) -> Any:
+    """The stream's info once it has ended, or after ``limit`` seconds (a cancel's answer)."""
     import anyio
 
     with anyio.move_on_after(limit):

@@ -45,12 +45,12 @@ from .._models import UnknownModelError
 from .._state import GatewayState, state_of
 from ._openai_schema import Tool
 from ._streams import (
-    _STREAM_ID_HEADER,
+    STREAM_ID_HEADER,
     StreamRequest,
-    _json_body,
-    _StreamsRoute,
-    _wait_finished,
+    StreamsRoute,
+    json_body,
     start_stream,
+    wait_finished,
 )
 from ._ui_chat_messages import MessageError, provider_messages
 from ._ui_chat_parts import UIParts
@@ -152,7 +152,7 @@ def _ui_stream_response(
     settings = state.settings.streams
     return TrackedEventSourceResponse(
         _ui_events(state, stream_id),
-        headers={_UI_STREAM_HEADER: "v1", _STREAM_ID_HEADER: stream_id},
+        headers={_UI_STREAM_HEADER: "v1", STREAM_ID_HEADER: stream_id},
         ping_interval=settings.heartbeat_interval or None,
         retry=None,  # no EventSource here: the transport reconnects through GET …/stream
         send_timeout=settings.send_timeout or None,
@@ -257,9 +257,9 @@ async def stop_stream(
         raise ApiError(409, "not_active", f"the chat's stream is {info.id}, not {stream_id}")
     if info.status is StreamStatus.RUNNING:
         await state.jobs.cancel(info.id, "client")
-        info = await _wait_finished(state, info.id, info.last_event_id, 1.0)
+        info = await wait_finished(state, info.id, info.last_event_id, 1.0)
     status = 200 if info.status is not StreamStatus.RUNNING else 202
-    return JSONResponse(info.to_dict(), status_code=status, headers={_STREAM_ID_HEADER: info.id})
+    return JSONResponse(info.to_dict(), status_code=status, headers={STREAM_ID_HEADER: info.id})
 
 
 _UI_STREAM: dict[int | str, dict[str, Any]] = {
@@ -272,7 +272,7 @@ _UI_STREAM: dict[int | str, dict[str, Any]] = {
 
 def ui_chat_router(path: str = "/v1/ui/chat") -> APIRouter:
     """The ``useChat`` routes under ``path``."""
-    router = APIRouter(prefix=path, tags=["ai-sdk"], route_class=_StreamsRoute)
+    router = APIRouter(prefix=path, tags=["ai-sdk"], route_class=StreamsRoute)
     router.add_api_route(
         "",
         send_messages,
@@ -280,7 +280,7 @@ def ui_chat_router(path: str = "/v1/ui/chat") -> APIRouter:
         summary="Send useChat's messages (Vercel AI SDK UI message stream)",
         response_model=None,
         responses=_UI_STREAM,
-        dependencies=[Depends(_json_body)],
+        dependencies=[Depends(json_body)],
     )
     router.add_api_route(
         "/{chat_id}/stream",
