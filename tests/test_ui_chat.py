@@ -142,16 +142,17 @@ def test_a_continued_assistant_message_keeps_its_id(gw: Gateway, mock: MockUpstr
 @pytest.mark.parametrize(
     ("change", "status", "code"),
     [
-        ({"id": "a/b"}, 400, "invalid_chat_id"),
-        ({"id": ".."}, 400, "invalid_chat_id"),
-        ({"id": "x" * 201}, 400, "invalid_chat_id"),
+        # The chat id's form is in the body's schema: a 422 naming the field, as for the rest.
+        ({"id": "a/b"}, 422, "invalid_request"),
+        ({"id": ".."}, 422, "invalid_request"),
+        ({"id": "x" * 201}, 422, "invalid_request"),
         ({"messages": []}, 422, "invalid_request"),
         ({"surprise": 1}, 422, "invalid_request"),
         ({"trigger": "resume-stream"}, 422, "invalid_request"),
         ({"max_tokens": 0}, 422, "invalid_request"),
         ({"model": "no-such-model"}, 404, "model_not_found"),
         ({"messages": [{"id": "1", "role": "user", "parts": [{"type": "text"}]}]}, 422, None),
-        ({"messages": [{"id": "1", "role": "user", "parts": ["hi"]}]}, 422, None),
+        ({"messages": [{"id": "1", "role": "user", "parts": ["hi"]}]}, 422, "invalid_request"),
     ],
 )
 def test_bad_requests_get_a_json_error(

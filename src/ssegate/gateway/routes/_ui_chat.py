@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import JSONResponse, Response
 
@@ -44,6 +44,7 @@ from .._event_streams import TrackedEventSourceResponse
 from .._models import UnknownModelError
 from .._state import GatewayState, state_of
 from ._openai_schema import Tool
+from ._responses import errors
 from ._streams import (
     STREAM_ID_HEADER,
     StreamRequest,
@@ -58,19 +59,31 @@ from ._ui_chat_parts import UIParts
 __all__ = ["UIChatRequest", "UIMessage", "ui_chat_router"]
 
 #: A chat id: what ``useChat`` makes (16 letters and digits), a UUID, or the like; one path
-#: segment that needs no escaping, never "." or "..".
-_CHAT_ID = re.compile(r"[A-Za-z0-9_.~:-]{1,200}")
+#: segment that needs no escaping and does not start with "." (so never "." or "..").
+_CHAT_ID = re.compile(r"[A-Za-z0-9_~:-][A-Za-z0-9_.~:-]{0,199}")
 _UI_STREAM_HEADER = "x-vercel-ai-ui-message-stream"
+_CHAT_ID_PATTERN = r"^[A-Za-z0-9_~:-][A-Za-z0-9_.~:-]{0,199}$"
+#: The chat id in a path, its form in the schema (the handlers check it too).
+ChatIdPath = Annotated[str, Path(min_length=1, max_length=200, pattern=_CHAT_ID_PATTERN)]
+
+
+class UIPart(BaseModel):
+    """One part of a ``UIMessage``: its ``type``; the rest is checked when it is converted
+    (parts of a type the upstream never sees, such as reasoning or data, are not sent back)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
 
 
 class UIMessage(BaseModel):
-    """One ``UIMessage`` of the ``ai`` package: parts are checked when they are converted."""
+    """One ``UIMessage`` of the ``ai`` package."""
 
     model_config = ConfigDict(extra="allow")
 
     id: str = Field(max_length=200)
     role: Literal["system", "user", "assistant"]
-    parts: list[Any]
+    parts: list[UIPart]
     metadata: Any = None
 
 
@@ -79,7 +92,12 @@ class UIChatRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(description="The chat id (useChat's `id`).")
+    id: str = Field(
+        description="The chat id (useChat's `id`).",
+        min_length=1,
+        max_length=200,
+        pattern=_CHAT_ID_PATTERN,
+    )
     messages: list[UIMessage] = Field(min_length=1)
     trigger: Literal["submit-message", "regenerate-message"] = "submit-message"
     messageId: str | None = Field(default=None, max_length=200)  # the SDK spells it so
@@ -96,11 +114,12 @@ def _alias(chat_id: str) -> str:
 
 
 def _checked_chat_id(chat_id: str) -> str:
-    if not _CHAT_ID.fullmatch(chat_id) or chat_id in (".", ".."):
+    if not _CHAT_ID.fullmatch(chat_id):
         raise ApiError(
             400,
             "invalid_chat_id",
-            "a chat id is 1 to 200 letters, digits and '_', '-', '.', '~', ':' (not '.' or '..')",
+            "a chat id is 1 to 200 letters, digits and '_', '-', '.', '~', ':' "
+            "(not starting with '.')",
         )
     return chat_id
 
@@ -223,7 +242,7 @@ async def send_messages(request: Request, body: Annotated[UIChatRequest, Body()]
     return _ui_stream_response(state, security, info.id)
 
 
-async def resume_stream(request: Request, chat_id: str) -> Response:
+async def resume_stream(request: Request, chat_id: ChatIdPath) -> Response:
     """The chat's running stream from its start, then live; ``204`` when none is running."""
     state = state_of(request)
     info = await _owned_chat_stream(request, chat_id, cancel=False)
@@ -242,7 +261,7 @@ async def resume_stream(request: Request, chat_id: str) -> Response:
 
 async def stop_stream(
     request: Request,
-    chat_id: str,
+    chat_id: ChatIdPath,
     stream_id: Annotated[str | None, Query(max_length=200)] = None,
 ) -> JSONResponse:
     """Stop the chat's generation (the upstream request is closed); its status as JSON.
@@ -279,7 +298,7 @@ def ui_chat_router(path: str = "/v1/ui/chat") -> APIRouter:
         methods=["POST"],
         summary="Send useChat's messages (Vercel AI SDK UI message stream)",
         response_model=None,
-        responses=_UI_STREAM,
+        responses={**_UI_STREAM, **errors(400, 401, 404, 409, 413, 415, 422, 429, 503)},
         dependencies=[Depends(json_body)],
     )
     router.add_api_route(
@@ -288,7 +307,11 @@ def ui_chat_router(path: str = "/v1/ui/chat") -> APIRouter:
         methods=["GET"],
         summary="Resume the chat's running stream (useChat resume: true)",
         response_model=None,
-        responses={**_UI_STREAM, 204: {"description": "The chat has no running stream"}},
+        responses={
+            **_UI_STREAM,
+            204: {"description": "The chat has no running stream"},
+            **errors(400, 401, 404, 429, 503),
+        },
     )
     router.add_api_route(
         "/{chat_id}/stream",
@@ -296,5 +319,9 @@ def ui_chat_router(path: str = "/v1/ui/chat") -> APIRouter:
         methods=["DELETE"],
         summary="Stop the chat's generation",
         response_model=None,
+        responses={
+            202: {"description": "Cancel requested; the producer has not confirmed yet"},
+            **errors(400, 401, 404, 409, 429, 503),
+        },
     )
     return router

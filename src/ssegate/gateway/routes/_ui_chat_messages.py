@@ -156,7 +156,9 @@ def _assistant_messages(parts: list[Any], where: str) -> list[dict[str, Any]]:
             if state in _OUTCOMES:
                 results.append({"role": "tool", "tool_call_id": call_id, **_result(part, at)})
     close_step()
-    return out
+    # An assistant message with nothing the model said (no parts, or only the page's own) is
+    # still a turn of the conversation: sent empty, as Chat Completions takes one.
+    return out or [{"role": "assistant", "content": ""}]
 
 
 def _result(part: dict[str, Any], at: str) -> dict[str, Any]:
