@@ -370,7 +370,7 @@ class RedisHub:
                     watch.wake_all()
                 with anyio.CancelScope(shield=True):
                     try:
-                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+                        await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]  # typed in redis >= 8
                     except (redis_errors.RedisError, OSError):
                         pass
             if self._closed:
