@@ -24,6 +24,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import _scenarios as sc  # noqa: E402
+from benchmarks import per_event  # noqa: E402
 from benchmarks._cli import Plan, run_plan  # noqa: E402
 from benchmarks._loadgen import (  # noqa: E402
     Check,
@@ -300,3 +301,20 @@ async def test_the_load_generator_does_not_collect_garbage_during_a_run() -> Non
     assert seen == [False, False, False]  # every request arrived while collection was off
     assert gc.isenabled()  # and it is back on afterwards, with nothing left frozen
     assert gc.get_freeze_count() == 0
+
+
+@pytest.mark.parametrize("case", sorted(per_event.RESPONSES))
+def test_every_per_event_case_streams_every_event(case: str) -> None:
+    # The per-event instruction counts measure these responses: each must really send the
+    # events it is asked for (a case that ended early would look cheap).
+    assert per_event.run_case(case, 300) == 300
+
+
+def test_the_per_event_table_has_a_row_per_case() -> None:
+    cases = [*per_event.RESPONSES, *per_event.PIECES]
+    results = per_event.measure(cases, base=0, events=200, timed=True)
+    table = per_event.table(results, timed=True)
+    assert all(value > 0 for value in results.values())
+    assert [line.split("`")[1] for line in table.splitlines()[2:]] == cases
+    assert "| `starlette` | " in table
+    assert "1.00×" in table
