@@ -50,6 +50,7 @@ __all__ = [
     "StreamsRoute",
     "event_stream_response",
     "json_body",
+    "refuse_another_subscriber",
     "router",
     "start_stream",
     "wait_finished",
@@ -450,14 +451,7 @@ async def stream_events(
         )
     if info.status is not StreamStatus.RUNNING and after == info.last_event_id:
         return Response(status_code=204, headers={STREAM_ID_HEADER: stream_id})
-    limit = state.settings.limits.max_subscribers_per_stream
-    if limit and info.subscribers >= limit:
-        raise ApiError(
-            429,
-            "too_many_subscribers",
-            f"this stream already has {info.subscribers} subscribers, the most it may have",
-            headers={"Retry-After": "5"},
-        )
+    refuse_another_subscriber(state, info)
     return event_stream_response(state, security_of(request), stream_id, after)
 
 
@@ -493,6 +487,18 @@ async def cancel_stream(request: Request, stream_id: str) -> JSONResponse:
         info = await wait_finished(state, stream_id, info.last_event_id, 1.0)
     status = 200 if info.status is not StreamStatus.RUNNING else 202
     return JSONResponse(info.to_dict(), status_code=status)
+
+
+def refuse_another_subscriber(state: GatewayState, info: StreamInfo) -> None:
+    """``429`` when ``info``'s stream has as many subscribers as it may have."""
+    limit = state.settings.limits.max_subscribers_per_stream
+    if limit and info.subscribers >= limit:
+        raise ApiError(
+            429,
+            "too_many_subscribers",
+            f"this stream already has {info.subscribers} subscribers, the most it may have",
+            headers={"Retry-After": "5"},
+        )
 
 
 async def wait_finished(state: GatewayState, stream_id: str, after: int, limit: float) -> Any:

@@ -50,6 +50,7 @@ from ._streams import (
     StreamRequest,
     StreamsRoute,
     json_body,
+    refuse_another_subscriber,
     start_stream,
     wait_finished,
 )
@@ -248,14 +249,7 @@ async def resume_stream(request: Request, chat_id: ChatIdPath) -> Response:
     info = await _owned_chat_stream(request, chat_id, cancel=False)
     if info is None or info.status is not StreamStatus.RUNNING:
         return Response(status_code=204)
-    limit = state.settings.limits.max_subscribers_per_stream
-    if limit and info.subscribers >= limit:
-        raise ApiError(
-            429,
-            "too_many_subscribers",
-            f"this stream already has {info.subscribers} subscribers, the most it may have",
-            headers={"Retry-After": "5"},
-        )
+    refuse_another_subscriber(state, info)
     return _ui_stream_response(state, security_of(request), info.id)
 
 
