@@ -210,6 +210,23 @@ def test_resume_replays_a_running_stream_then_204_once_it_ends(
     assert httpx.get(f"{gw.url}{API}/{chat_id}/stream").status_code == 204
 
 
+def test_resume_is_refused_past_the_subscriber_limit(mock_upstream: MockUpstream) -> None:
+    chat_id = secrets.token_hex(8)
+    body = chat_body("[[tokens:500]] [[interval_ms:20]]", chat_id)
+    with (
+        running_gateway(mock_upstream, max_subscribers=1, disconnect_grace=30) as gw,
+        httpx.Client(base_url=gw.url, timeout=10) as client,
+        client.stream("POST", API, json=body) as first,
+    ):
+        lines = first.iter_lines()
+        assert any('"text-delta"' in next(lines) for _ in range(10))  # following: the one
+        refused = client.get(f"{API}/{chat_id}/stream")
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "too_many_subscribers"
+        assert refused.headers["retry-after"]
+        client.delete(f"{API}/{chat_id}/stream")
+
+
 def test_stop_closes_the_upstream_request(gw: Gateway, mock: MockUpstream) -> None:
     chat_id, word = secrets.token_hex(8), nonce()
     body = chat_body(f"{word} [[tokens:500]] [[interval_ms:20]]", chat_id)
