@@ -633,3 +633,27 @@ def test_the_usual_stream_takes_the_fast_path(monkeypatch: pytest.MonkeyPatch) -
     assert decoder.feed(b"NE]\n\n") == [ServerSentEvent(data="[DONE]", event="message", id="1")]
     monkeypatch.setattr(Decoder, "_text", general_path)
     assert decoder.feed(b"data: x\n\n") == [ServerSentEvent(data="x", event="message", id="1")]
+
+
+def test_a_read_that_ends_inside_an_event_costs_the_general_path_only_that_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An upstream that is ahead of us fills each read, so most reads end inside an event:
+    # only the rest of that event is read the general way, the whole events after it the fast.
+    decoder = Decoder()
+    assert decoder.feed(b"data: a\n\ndata: [DO") == [ServerSentEvent(data="a", event="message")]
+    general = Decoder._text
+    read: list[str] = []
+
+    def recording(self: Decoder, text: str, events: list[ServerSentEvent]) -> None:
+        read.append(text)
+        general(self, text, events)
+
+    monkeypatch.setattr(Decoder, "_text", recording)
+    assert decoder.feed(b'NE]\n\ndata: {"n": 1}\n\nid: 4\ndata: {"n": 2}\n\ndata: x') == [
+        ServerSentEvent(data="[DONE]", event="message"),
+        ServerSentEvent(data='{"n": 1}', event="message"),
+        ServerSentEvent(data='{"n": 2}', event="message", id="4"),
+    ]
+    assert read == ["NE]\n\n", "data: x"]
+    assert decoder.feed(b"\n\n") == [ServerSentEvent(data="x", event="message", id="4")]

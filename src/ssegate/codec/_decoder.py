@@ -95,20 +95,38 @@ class Decoder:
                 self._utf8_empty = data[-1:] < b"\x80"
         if not text:
             return []
-        if self._between and "\r" not in text:
-            # The fast path (LF line ends, between events): split whole events off at their
-            # blank lines; what follows the last one goes the general way.
-            blocks = text.split("\n\n")
-            text = blocks.pop()  # "" or "\n" (a blank line: nothing to do) once all is read
-            events = self._whole_events(blocks) if blocks else []
-            if text == "" or text == "\n":
-                return events
-        else:
-            events = []
+        events: list[ServerSentEvent] = []
+        if "\r" not in text:
+            if not self._between:
+                # A read that ended inside an event: finish that event the general way, and
+                # the whole events after it may take the fast path.
+                cut = text.find("\n\n") + 2
+                if cut == 1:
+                    self._text(text, events)
+                    self._between = self._is_between()
+                    return events
+                self._text(text[:cut], events)
+                self._between = self._is_between()
+                text = text[cut:]
+                if not text:
+                    return events
+            if self._between:
+                # The fast path (LF line ends, between events): split whole events off at
+                # their blank lines; what follows the last one goes the general way.
+                blocks = text.split("\n\n")
+                text = blocks.pop()  # "" or "\n" (a blank line: nothing to do) once all is read
+                if blocks:
+                    events += self._whole_events(blocks)
+                if text == "" or text == "\n":
+                    return events
         self._text(text, events)
-        # Between events (nothing of the next one read yet): the next feed may take the fast
-        # path. A state only equal to that counts too (an id line equal to the last id).
-        self._between = (
+        self._between = self._is_between()
+        return events
+
+    def _is_between(self) -> bool:
+        """Whether nothing of the next event has been read (the fast path may be taken). A
+        state only equal to that counts too (an id line equal to the last id)."""
+        return (
             not self._partial
             and not self._skip_lf
             and not self._data
@@ -116,7 +134,6 @@ class Decoder:
             and self._event_retry is None
             and self._id_buffer == self.last_event_id
         )
-        return events
 
     def _whole_events(self, blocks: list[str]) -> list[ServerSentEvent]:
         """The events of ``blocks``: each the lines of one event (LF-separated), a blank line
