@@ -252,6 +252,43 @@ async def test_follow_waits_for_live_events_and_ends_after_terminal(store: Store
     assert (await store.get(sid)).cause == "client"
 
 
+async def test_follow_batches_gives_what_piled_up_in_one_list(store: Store) -> None:
+    sid = await new_stream(store)
+    for i in range(1, 11):
+        await store.append(sid, "delta", payload(i))
+    batches: list[list[int]] = []
+    async with aclosing(store.follow_batches(sid, 2, limit=5)) as stream:
+        async for batch in stream:
+            batches.append([e.id for e in batch])
+            if len(batches) == 2:  # caught up: now one event at a time, as they come
+                break
+    assert batches == [[3, 4, 5, 6, 7], [8, 9, 10]]
+    got: list[list[int]] = []
+    writing = anyio.Event()  # the follower's client is slow: it is still writing a batch
+    second = anyio.Event()
+
+    async def follower() -> None:
+        async with aclosing(store.follow_batches(sid, 10)) as stream:
+            async for batch in stream:
+                got.append([e.id for e in batch])
+                if len(got) == 2:
+                    second.set()
+                    await writing.wait()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(follower)
+        for i in range(11, 13):  # one at a time, the follower keeping up
+            await anyio.wait_all_tasks_blocked()
+            await store.append(sid, "delta", payload(i))
+        with anyio.fail_after(5):
+            await second.wait()
+        for i in range(13, 16):  # while it writes, three more and the end pile up
+            await store.append(sid, "delta", payload(i))
+        await store.finish(sid, StreamStatus.DONE, "{}")
+        writing.set()
+    assert got == [[11], [12], [13, 14, 15, 16]]
+
+
 async def test_many_followers_get_every_event_once_in_order(store: Store) -> None:
     sid = await new_stream(store)
     total = 300

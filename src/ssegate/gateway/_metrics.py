@@ -57,6 +57,7 @@ from prometheus_client.exposition import choose_encoder
 from .._errors import SsegateError
 from .._jobs import JobObserver
 from ..store import (
+    FOLLOW_BATCH,
     IllegalTransitionError,
     ProducerLostError,
     Store,
@@ -370,15 +371,18 @@ class MeteredStore(Store):
         with self.metrics.time_store("read"):
             return await self.inner.read(stream_id, after, limit)
 
-    async def follow(self, stream_id: str, after: int = 0) -> AsyncGenerator[StoredEvent, None]:
-        """See :meth:`Store.follow`; a lost producer ends the stream with ``producer_lost``."""
+    async def follow_batches(
+        self, stream_id: str, after: int = 0, limit: int = FOLLOW_BATCH
+    ) -> AsyncGenerator[list[StoredEvent], None]:
+        """See :meth:`Store.follow_batches`; a lost producer ends the stream with
+        ``producer_lost``."""
         last = after
         for _ in range(3):  # a lease renewed in the nick of time is followed on; not forever
             try:
-                async with aclosing(self.inner.follow(stream_id, last)) as events:
-                    async for event in events:
-                        last = event.id
-                        yield event
+                async with aclosing(self.inner.follow_batches(stream_id, last, limit)) as batches:
+                    async for batch in batches:
+                        last = batch[-1].id
+                        yield batch
                 return
             except ProducerLostError:
                 if not await self._end_producer_lost(stream_id):

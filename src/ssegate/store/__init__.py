@@ -10,6 +10,7 @@ only: it is built on redis-py's asyncio client.
 """
 
 from ._base import (
+    FOLLOW_BATCH,
     TERMINAL_EVENTS,
     TRANSITIONS,
     Store,
@@ -32,6 +33,7 @@ from ._errors import (
 from .memory import MemoryStore, MemoryStoreConfig
 
 __all__ = [
+    "FOLLOW_BATCH",
     "TERMINAL_EVENTS",
     "TRANSITIONS",
     "IllegalTransitionError",

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Mapping
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, aclosing
 from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType, TracebackType
@@ -54,6 +54,7 @@ from ._errors import IllegalTransitionError, ProducerLostError, StreamGapError
 
 __all__ = [
     "FINISH_INPUTS",
+    "FOLLOW_BATCH",
     "TERMINAL_EVENTS",
     "TRANSITIONS",
     "IllegalTransitionError",
@@ -120,6 +121,9 @@ FINISH_INPUTS: Mapping[StreamStatus, StreamInput] = MappingProxyType(
 
 #: Event types that end a stream; their names are the terminal statuses' values.
 TERMINAL_EVENTS: frozenset[str] = frozenset(s.value for s in FINISH_INPUTS)
+
+#: The most events :meth:`Store.follow_batches` yields in one list, unless told otherwise.
+FOLLOW_BATCH = 256
 
 
 def transition(status: StreamStatus, stream_input: StreamInput) -> StreamStatus:
@@ -326,8 +330,7 @@ class Store(ABC):
         Raises :class:`StreamGapError` if some event with id > ``after`` is no longer kept.
         """
 
-    @abstractmethod
-    def follow(self, stream_id: str, after: int = 0) -> AsyncGenerator[StoredEvent, None]:
+    async def follow(self, stream_id: str, after: int = 0) -> AsyncGenerator[StoredEvent, None]:
         """Yield events with id > ``after``: the kept ones, then live ones as they come.
 
         Ends after the terminal event (at once if the stream is finished and ``after`` is at or
@@ -336,6 +339,25 @@ class Store(ABC):
         :class:`ProducerLostError` when the producer's lease expires while it waits, and
         ``StreamNotFoundError`` if the stream is deleted. Consume under
         ``contextlib.aclosing()``.
+
+        The events of :meth:`follow_batches`, one by one.
+        """
+        async with aclosing(self.follow_batches(stream_id, after)) as batches:
+            async for batch in batches:
+                for event in batch:
+                    yield event
+
+    @abstractmethod
+    def follow_batches(
+        self, stream_id: str, after: int = 0, limit: int = FOLLOW_BATCH
+    ) -> AsyncGenerator[list[StoredEvent], None]:
+        """What :meth:`follow` yields, as lists: each one all the events that were there to
+        read at once (in order, none empty, at most ``limit`` events).
+
+        A reader that fell behind — its client is slower than the upstream, or it resumes a
+        long stream — gets what has piled up in one list and can write it in one go; one that
+        keeps up gets lists of one. The same endings and errors as :meth:`follow`; the events
+        before an error are yielded first.
         """
 
     @abstractmethod

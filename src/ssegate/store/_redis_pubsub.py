@@ -10,6 +10,7 @@ leave the store's modules. :class:`~ssegate.store.redis.RedisStore` builds the
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import secrets
@@ -83,13 +84,20 @@ class Watch:
         self.cancel_changed = anyio.Event()
         self.subs_changed = anyio.Event()
 
-    def event(self, event_id: int) -> StoredEvent | None:
+    def has(self, event_id: int) -> bool:
+        """Whether event ``event_id`` is cached."""
+        cache = self.cache
+        return bool(cache) and cache[0].id <= event_id <= cache[-1].id
+
+    def events(self, event_id: int, limit: int) -> list[StoredEvent]:
+        """The cached events from ``event_id`` on, at most ``limit`` (none if it isn't cached)."""
         cache = self.cache
         if cache:
             first = cache[0].id
             if first <= event_id <= cache[-1].id:
-                return cache[event_id - first]
-        return None
+                start = event_id - first
+                return list(itertools.islice(cache, start, start + limit))
+        return []
 
     def push(self, event: StoredEvent) -> None:
         cache = self.cache
@@ -442,7 +450,7 @@ class RedisHub:
             watch.wake_all()
 
     def _note_event(self, watch: Watch, event_id: int, event: str, data: str) -> None:
-        if watch.event(event_id) is not None:
+        if watch.has(event_id):
             return
         if event not in TERMINAL_EVENTS:
             watch.lease_deadline = time.monotonic() + self.lease_ttl  # an append renews it

@@ -33,6 +33,7 @@ import anyio
 from .._aio import Waiter, wait, waiter_factory, wake
 from ._base import (
     FINISH_INPUTS,
+    FOLLOW_BATCH,
     TERMINAL_EVENTS,
     ProducerLostError,
     Store,
@@ -345,24 +346,32 @@ class MemoryStore(Store):
         end = stream.last_id if limit is None else min(stream.last_id, after + limit)
         return [stream.at(i) for i in range(after + 1, end + 1)]
 
-    async def follow(self, stream_id: str, after: int = 0) -> AsyncGenerator[StoredEvent, None]:
-        """Yield events with id > ``after``, then live ones, until the terminal event."""
+    async def follow_batches(
+        self, stream_id: str, after: int = 0, limit: int = FOLLOW_BATCH
+    ) -> AsyncGenerator[list[StoredEvent], None]:
+        """See :meth:`Store.follow_batches`: what the ring holds after the last one yielded,
+        then what appends add while the follower waits."""
         if after < 0:
             raise ValueError("after must be >= 0")
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
         stream = self._lookup(stream_id)
         new_waiter = waiter_factory()  # a bare future on asyncio (see ssegate._aio)
         self._followers += 1
         try:
             next_id = after + 1
             while True:
-                while next_id <= stream.last_id:
+                if next_id <= stream.last_id:
                     if stream.gone:  # deleted, evicted or expired under a slow follower
                         raise self._gone_error()
                     first = stream.first_id()
                     if next_id < first:
                         raise StreamGapError(stream.id, after=next_id - 1, first_id=first)
-                    yield stream.at(next_id)
-                    next_id += 1
+                    end = min(stream.last_id, next_id + limit - 1)
+                    batch = [stream.at(i) for i in range(next_id, end + 1)]
+                    next_id = end + 1
+                    yield batch
+                    continue
                 if stream.status.is_terminal:
                     return
                 if stream.gone:

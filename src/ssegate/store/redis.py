@@ -55,6 +55,7 @@ import orjson
 
 from ._base import (
     FINISH_INPUTS,
+    FOLLOW_BATCH,
     TERMINAL_EVENTS,
     IllegalTransitionError,
     ProducerLostError,
@@ -288,10 +289,15 @@ class RedisStore(RedisHub, Store):
                 return result
             after = events[-1].id
 
-    async def follow(self, stream_id: str, after: int = 0) -> AsyncGenerator[StoredEvent, None]:
-        """Yield events with id > ``after``, then live ones, until the terminal event."""
+    async def follow_batches(
+        self, stream_id: str, after: int = 0, limit: int = FOLLOW_BATCH
+    ) -> AsyncGenerator[list[StoredEvent], None]:
+        """See :meth:`Store.follow_batches`: from the instance's cache of recent events while
+        it has the next one, else from Redis (``XRANGE``), else waiting for the next event."""
         if after < 0:
             raise ValueError("after must be >= 0")
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
         self._client()
         watch = await self._acquire(stream_id, data=True)
         self._followers += 1
@@ -300,11 +306,11 @@ class RedisStore(RedisHub, Store):
             # A local producer's watch has seen every event: trust it. Otherwise read Redis.
             read_epoch = watch.epoch if watch.local else -1
             while True:
-                cached = watch.event(next_id)
-                if cached is not None:
+                cached = watch.events(next_id, limit)
+                if cached:
+                    next_id = cached[-1].id + 1
                     yield cached
-                    next_id += 1
-                    if cached.event in TERMINAL_EVENTS:
+                    if cached[-1].event in TERMINAL_EVENTS:
                         return
                     continue
                 if self._closed or watch.gone:
@@ -313,18 +319,17 @@ class RedisStore(RedisHub, Store):
                 if read_epoch != watch.epoch or next_id <= watch.last_id:
                     epoch = watch.epoch
                     events, status, last, pttl = await self._fetch(
-                        stream_id, next_id - 1, self.config.cache_events
+                        stream_id, next_id - 1, min(limit, self.config.cache_events)
                     )
                     read_epoch = epoch
                     watch.last_id = max(watch.last_id, last)
                     if pttl > 0:
                         watch.lease_deadline = time.monotonic() + pttl / 1000
-                    for event in events:
-                        yield event
-                        next_id = event.id + 1
-                        if event.event in TERMINAL_EVENTS:
+                    if events:  # a terminal event can only be the last
+                        next_id = events[-1].id + 1
+                        yield events
+                        if events[-1].event in TERMINAL_EVENTS:
                             return
-                    if events:
                         continue
                     if status.is_terminal:
                         return

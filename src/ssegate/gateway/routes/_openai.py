@@ -159,11 +159,14 @@ async def _chunk_stream(
             yield item
     if chunks.finished:
         return
+    after = head[-1].id if head else 0
     try:
-        async with aclosing(state.store.follow(stream_id, head[-1].id if head else 0)) as events:
-            async for event in events:
-                for item in chunks.translate(event):
-                    yield item
+        # What piled up while the client read goes out in one write (see _streams._events).
+        async with aclosing(state.store.follow_batches(stream_id, after)) as batches:
+            async for batch in batches:
+                out = [item for event in batch for item in chunks.translate(event)]
+                if out:
+                    yield b"".join(out)
     except StoreError as exc:  # gap, producer lost, deleted, store down
         yield chunks.error(OpenAIError.from_gateway(exc.to_dict()))
     if not chunks.finished:

@@ -25,7 +25,6 @@ from ..._response import EventSourceResponse
 from ...codec import ServerSentEvent, encode
 from ...providers import ChatRequest, Provider
 from ...store import (
-    TERMINAL_EVENTS,
     ProducerLostError,
     StoredEvent,
     StoreError,
@@ -153,34 +152,29 @@ def _parse_last_event_id(header: str | None, query: str | None) -> int:
     return int(raw)
 
 
-#: Kept events read at once while a reader catches up, and the most bytes one write carries.
-_REPLAY_BATCH = 256
-_REPLAY_WRITE = 64 * 1024
+#: The most events read at once while a reader catches up, and the most bytes one write carries.
+_READ_BATCH = 256
+_WRITE_BYTES = 64 * 1024
 
 
 async def _events(state: GatewayState, stream_id: str, after: int) -> AsyncIterator[bytes]:
     """The stored events after ``after``, encoded once by the store; faults as ``error``.
 
-    What is kept already goes out in batches of whole events (a reader resuming a long
-    stream costs a write per batch, not per event), then live events one by one as they come.
-    Any store fault, counting the subscriber in included (the headers are sent by then), ends
-    the body with an ``error`` event rather than cutting it off.
+    What the store has that the reader has not read goes out in one write (up to
+    ``_WRITE_BYTES``): a reader resuming a long stream, or one whose client is slower than
+    the upstream, costs a write per batch, not per event; one that keeps up, a write per
+    event as it comes. Any store fault, counting the subscriber in included (the headers are
+    sent by then), ends the body with an ``error`` event rather than cutting it off.
     """
     store = state.store
     try:
-        async with store.subscriber(stream_id):
-            while True:
-                kept = await store.read(stream_id, after, _REPLAY_BATCH)
-                if not kept:
-                    break
-                for chunk in _joined(kept, _REPLAY_WRITE):
+        async with (
+            store.subscriber(stream_id),
+            aclosing(store.follow_batches(stream_id, after, _READ_BATCH)) as batches,
+        ):
+            async for batch in batches:
+                for chunk in _joined(batch, _WRITE_BYTES):
                     yield chunk
-                after = kept[-1].id
-                if kept[-1].event in TERMINAL_EVENTS:
-                    return
-            async with aclosing(store.follow(stream_id, after)) as events:
-                async for event in events:
-                    yield event.encoded
     except StreamNotFoundError:
         yield _error_event("not_found", "the stream is gone", retryable=False)
     except StoreError as exc:  # gap, producer_lost, store_unavailable: say so and end

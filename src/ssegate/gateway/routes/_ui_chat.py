@@ -154,9 +154,10 @@ async def _ui_events(state: GatewayState, stream_id: str) -> AsyncIterator[bytes
     store = state.store
     try:
         async with store.subscriber(stream_id):
-            async with aclosing(store.follow(stream_id, 0)) as events:
-                async for event in events:
-                    out = parts.translate(event)
+            # What piled up while the client read goes out in one write.
+            async with aclosing(store.follow_batches(stream_id, 0)) as batches:
+                async for batch in batches:
+                    out = [part for event in batch for part in parts.translate(event)]
                     if out:
                         yield b"".join(out)
     except StoreError as exc:  # gone, gap, producer lost, store down: say so and end
