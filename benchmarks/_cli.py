@@ -295,6 +295,13 @@ def _available(peer: str) -> bool:
         return False
 
 
+def recorded_command(args: list[str]) -> str:
+    """The command line as the results record it: a file named by an absolute path by its
+    name only (the results are published; the machine's paths are nobody's business)."""
+    shown = [os.path.basename(a) if os.path.isabs(a) else a for a in args]
+    return " ".join(["python -m benchmarks", *(shlex.quote(a) for a in shown)])
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks", description="ssegate against its peers."
@@ -354,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         else "not pinned"
     )
     plan = Plan(sizes, reps, peers, relay_peers, scenarios, server_cpu, load_cpu)
-    command = "python -m benchmarks " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    command = recorded_command(list(argv or sys.argv[1:]))
     meta: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "command": command.strip(),

@@ -386,3 +386,25 @@ def test_stream_problems_find_disorder() -> None:
     assert stream_problems(STREAM.replace("event: usage", "event: done", 1))
     swapped = STREAM.replace("event: usage", "event: tmp").replace("event: delta", "event: usage")
     assert stream_problems(swapped.replace("event: tmp", "event: delta"))
+
+
+# A path of the machine a page was written on (a benchmark run's command line, a traceback):
+# it says nothing to a reader and tells a stranger about the machine.
+_LOCAL_PATH = re.compile(r"(?<![\w.~-])/(?:root|home|work|tmp|Users)/[\w.-]+")
+
+
+def test_no_doc_names_a_path_of_the_machine_it_was_written_on() -> None:
+    found = [
+        f"{doc.relative_to(REPO).as_posix()}:{number}: {match.group()}"
+        for doc in DOCS
+        for number, line in enumerate(doc.read_text("utf-8").splitlines(), 1)
+        for match in _LOCAL_PATH.finditer(line)
+    ]
+    assert not found, found
+
+
+def test_a_benchmark_run_records_its_command_without_local_paths() -> None:
+    from benchmarks._cli import recorded_command
+
+    command = recorded_command(["--only", "relay", "--json", "/work/x/results.json", "--quick"])
+    assert command == "python -m benchmarks --only relay --json results.json --quick"
