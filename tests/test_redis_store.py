@@ -14,6 +14,7 @@ from instance_helpers import RedisServer
 from ssegate.store import (
     ProducerLostError,
     StoredEvent,
+    StoreError,
     StoreUnavailableError,
     StreamNotFoundError,
     StreamStatus,
@@ -42,7 +43,10 @@ async def test_two_instances_never_hand_out_one_id_twice(
 ) -> None:
     a, b = pair
     stream = sid()
-    await a.create(stream, model="m", provider="p")
+    # Created by a third instance, now gone: neither of the two is the stream's producer, so
+    # each append waits for Redis (the producer's own appends don't; see below).
+    async with RedisStore(a.config) as creator:
+        await creator.create(stream, model="m", provider="p")
     ids: list[int] = []
 
     async def appender(store: RedisStore, tag: str) -> None:
@@ -361,3 +365,84 @@ async def test_appends_survive_a_flushed_script_cache(redis_server: RedisServer)
                 tg.start_soon(store.append, stream, "delta", f'{{"i":{i}}}')
         await store.finish(stream, StreamStatus.DONE, "{}")
         assert [e.id for e in await store.read(stream)] == list(range(1, 8))
+
+
+async def test_the_producer_appends_without_waiting_for_redis(
+    pair: tuple[RedisStore, RedisStore],
+) -> None:
+    a, b = pair
+    stream = sid()
+    await a.create(stream, model="m", provider="p")
+    batches = a._writer.batches
+    events = [await a.append(stream, "delta", f'{{"n":{i}}}') for i in range(1, 1001)]
+    # Every id at once, in order, as Redis gives them; far fewer round trips than events.
+    assert [e.id for e in events] == list(range(1, 1001))
+    assert [e.id for e in await a.read(stream)] == list(range(1, 1001))  # what it wrote
+    assert a._writer.batches - batches < 20
+    done = await a.finish(stream, StreamStatus.DONE, "{}")
+    assert done.id == 1001
+    assert [(e.id, e.data) for e in await b.read(stream)] == [
+        (e.id, e.data) for e in [*events, done]
+    ]
+
+
+async def test_followers_see_only_what_redis_has(pair: tuple[RedisStore, RedisStore]) -> None:
+    a, b = pair
+    stream = sid()
+    await a.create(stream, model="m", provider="p")
+    await a.append(stream, "delta", '{"n":1}')  # queued, not yet in Redis
+    async with aclosing(a.follow_batches(stream)) as batches:
+        first = await anext(batches)
+        assert [e.id for e in first] == [1]
+        assert [e.id for e in await b.read(stream)] == [1]  # in Redis by then
+
+
+async def test_an_append_from_elsewhere_puts_the_producer_out_of_step(
+    pair: tuple[RedisStore, RedisStore],
+) -> None:
+    a, b = pair
+    stream = sid()
+    await a.create(stream, model="m", provider="p")
+    await a.append(stream, "delta", '{"n":1}')
+    await a.read(stream)  # in Redis by now
+    assert (await b.append(stream, "delta", '{"from":"b"}')).id == 2  # a second writer
+    await a.append(stream, "delta", '{"n":2}')  # a thinks this is 2: Redis refuses it
+    await a.read(stream)
+    with pytest.raises(StoreError, match="out of step"):
+        await a.append(stream, "delta", '{"n":3}')
+    assert [e.data for e in await b.read(stream)] == ['{"n":1}', '{"from":"b"}']
+
+
+async def test_closing_sends_what_the_producer_appended(redis_server: RedisServer) -> None:
+    config = RedisStoreConfig(url=redis_server.url, key_prefix=f"t{secrets.token_hex(4)}:")
+    stream = sid()
+    async with RedisStore(config) as a:
+        await a.create(stream, model="m", provider="p")
+        for i in range(1, 301):
+            await a.append(stream, "delta", f'{{"n":{i}}}')
+    async with RedisStore(config) as b:
+        assert [e.id for e in await b.read(stream)] == list(range(1, 301))
+
+
+async def test_a_failed_append_fails_the_producers_next_call(redis_server: RedisServer) -> None:
+    server = RedisServer().start()  # one of its own, to stop
+    try:
+        config = RedisStoreConfig(url=server.url, key_prefix=f"t{secrets.token_hex(4)}:")
+        async with RedisStore(config) as a:
+            stream = sid()
+            await a.create(stream, model="m", provider="p")
+            await a.append(stream, "delta", '{"n":1}')
+            await a.read(stream)
+            server.stop()
+
+            async def append_until_it_fails() -> None:
+                # The failure comes back with the batch, then fails the next call.
+                with anyio.fail_after(10):
+                    while True:
+                        await a.append(stream, "delta", '{"n":2}')
+                        await anyio.sleep(0.01)
+
+            with pytest.raises(StoreUnavailableError):
+                await append_until_it_fails()
+    finally:
+        server.stop()

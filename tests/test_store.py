@@ -351,7 +351,10 @@ async def test_gap_for_a_follower_that_falls_behind_the_cap(harness: Harness) ->
     async with aclosing(store.follow(sid)) as events:
         first = await events.__anext__()
         assert first.id == 1
-        await fill(store, sid, 300, finish=False)  # the follower is parked meanwhile
+        # The follower is parked meanwhile; more events than the store keeps (10) and than
+        # the Redis store's instance caches for its followers (256), even with the ones it
+        # still has in flight to Redis (up to 256) on top.
+        await fill(store, sid, 1000, finish=False)
         with pytest.raises(StreamGapError) as info:
             await events.__anext__()
     assert info.value.after == 1

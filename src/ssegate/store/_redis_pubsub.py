@@ -47,6 +47,7 @@ class Watch:
     """What this process knows and waits for about one stream, while anything here waits."""
 
     __slots__ = (
+        "append_error",
         "cache",
         "cancel_cause",
         "cancel_changed",
@@ -54,10 +55,14 @@ class Watch:
         "confirmed",
         "epoch",
         "events_changed",
+        "flushed",
+        "flushed_at",
         "gone",
         "last_id",
         "lease_deadline",
         "local",
+        "next_append",
+        "pending",
         "refs",
         "sid",
         "subs_changed",
@@ -74,6 +79,14 @@ class Watch:
         # True while this process produces the stream: every event goes through this watch,
         # so a follower needs no Redis read to wait for the next one.
         self.local = False
+        # The producer's appends in flight (see RedisStore.append): the id the next one gets,
+        # how many Redis has not answered yet, the first that failed, and an event set when
+        # at most `flushed_at` are left in flight (made by whoever waits for that).
+        self.next_append = 1
+        self.pending = 0
+        self.append_error: StoreError | None = None
+        self.flushed: anyio.Event | None = None
+        self.flushed_at = 0  # `flushed` is set once at most this many are in flight
         # Bumped whenever notices may have been missed (a (re)subscription took effect):
         # followers then read Redis again.
         self.epoch = 0
@@ -99,7 +112,8 @@ class Watch:
                 return list(itertools.islice(cache, start, start + limit))
         return []
 
-    def push(self, event: StoredEvent) -> None:
+    def push(self, event: StoredEvent, *, wake: bool = True) -> None:
+        """Cache ``event`` (and wake the followers, unless the caller will)."""
         cache = self.cache
         if cache and event.id <= cache[-1].id:
             return  # already known (our own event, echoed)
@@ -108,7 +122,8 @@ class Watch:
         cache.append(event)
         if event.id > self.last_id:
             self.last_id = event.id
-        self.wake_events()
+        if wake:
+            self.wake_events()
 
     def wake_events(self) -> None:
         changed, self.events_changed = self.events_changed, anyio.Event()
@@ -126,6 +141,10 @@ class Watch:
         self.wake_events()
         self.wake_cancel()
         self.wake_subs()
+
+
+#: Seconds ``aclose`` waits for the writer to send what is queued.
+_FLUSH_ON_CLOSE = 5.0
 
 
 def _ms(seconds: float) -> int:
@@ -227,6 +246,9 @@ class RedisHub:
         """Disconnect; waiting followers and waiters get ``StoreUnavailableError``."""
         if self._closed:
             return
+        # Appends nobody awaited (a producer's, see RedisStore.append) go out first.
+        with anyio.move_on_after(_FLUSH_ON_CLOSE, shield=True):
+            await self._writer.drained()
         self._closed = True
         self._closed_event.set()
         for scope in self._bg_scopes:

@@ -31,17 +31,22 @@ redis.call('SET', KEYS[2], '1', 'PX', ARGV[5])
 return created
 """
 
-# KEYS: meta, events, lease. ARGV: maxlen, lease_ms, keep_ms, data channel, then one or more
-# (event, data) pairs, appended in order with consecutive ids. Returns the first id.
+# KEYS: meta, events, lease. ARGV: maxlen, lease_ms, keep_ms, data channel, the first id the
+# caller expects (0: any), then one or more (event, data) pairs, appended in order with
+# consecutive ids. Returns the first id; -3, appending nothing, if it is not the one expected.
 _APPEND = """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return -1 end
 if st ~= 'running' then return -2 end
-local n = (#ARGV - 4) / 2
+local n = (#ARGV - 5) / 2
+local expected = tonumber(ARGV[5])
+if expected ~= 0 and tonumber(redis.call('HGET', KEYS[1], 'last_id') or '0') + 1 ~= expected then
+  return -3
+end
 local first = redis.call('HINCRBY', KEYS[1], 'last_id', n) - n + 1
 for i = 0, n - 1 do
   local id = first + i
-  local e, d = ARGV[5 + 2 * i], ARGV[6 + 2 * i]
+  local e, d = ARGV[6 + 2 * i], ARGV[7 + 2 * i]
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], id .. '-0', 'e', e, 'd', d)
   redis.call('PUBLISH', ARGV[4], id .. '\\n' .. e .. '\\n' .. d)
 end

@@ -25,7 +25,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 from redis import exceptions as redis_errors
@@ -37,26 +37,73 @@ __all__ = ["ScriptWriter"]
 
 log = logging.getLogger("ssegate.store.redis")
 
-#: At most this many calls go out in one pipeline (bounds the request and the Lua arguments).
+#: At most this many script calls go out in one pipeline, and at most this many queued calls
+#: in all (appends to one stream are one script call): bounds the request and its replies.
 MAX_BATCH = 512
+MAX_CALLS = 4096
 
 
 class _Call:
-    """One queued script call and, once its batch is back, its reply or error."""
+    """One queued script call and, once its batch is back, its reply or error: set on the
+    call, then either its ``done`` event is set (a caller awaits it) or it goes to its
+    ``owner`` with the other calls of its batch that the owner queued (a call nobody awaits:
+    :meth:`ScriptWriter.append_nowait`)."""
 
-    __slots__ = ("args", "done", "error", "event", "keys", "name", "result", "sent")
+    __slots__ = (
+        "args",
+        "context",
+        "done",
+        "error",
+        "event",
+        "keys",
+        "name",
+        "owner",
+        "result",
+        "sent",
+    )
 
     def __init__(
-        self, name: str, keys: list[bytes], args: list[Any], event: tuple[str, str] | None
+        self,
+        name: str,
+        keys: list[bytes],
+        args: list[Any],
+        event: tuple[str, str] | None,
+        owner: AppendOwner | None = None,
+        context: Any = None,
     ) -> None:
         self.name = name
         self.keys = keys
         self.args = args
         self.event = event  # (type, data) for an append, coalesced with its stream's others
-        self.done = anyio.Event()
+        self.owner = owner
+        self.context = context  # the owner's, for its own use
+        self.done = anyio.Event() if owner is None else None
         self.sent = False
         self.result: Any = None
         self.error: StoreError | None = None
+
+
+class AppendOwner(Protocol):
+    """Who queued appends nobody awaits: told of each batch's outcome for them, in order."""
+
+    def appended(self, calls: list[_Call]) -> None: ...
+
+
+def _complete(calls: list[_Call]) -> None:
+    """Hand each call its outcome (``result`` or ``error``, set before): an owner gets its
+    calls together, in queue order; an awaited call's ``done`` is set."""
+    owned: dict[int, list[_Call]] = {}
+    for call in calls:
+        if call.owner is not None:
+            owned.setdefault(id(call.owner), []).append(call)
+        elif call.done is not None:
+            call.done.set()
+    for group in owned.values():
+        owner = group[0].owner
+        for call in group:
+            call.owner = None  # once
+        assert owner is not None
+        owner.appended(group)
 
 
 class _Command:
@@ -89,6 +136,8 @@ class ScriptWriter:
         self._queue: deque[_Call] = deque()
         self._ready = anyio.Event()
         self._stopped: StoreError | None = None
+        self._sending = False
+        self._idle: anyio.Event | None = None  # set when nothing is queued or in flight
         self.batches = 0  # pipelines sent (for tests and statistics)
 
     async def call(self, name: str, keys: list[bytes], args: list[Any]) -> Any:
@@ -101,11 +150,30 @@ class ScriptWriter:
         result = int(await self._submit(_Call("append", keys, args, (event, data))))
         return result
 
+    def append_nowait(
+        self,
+        keys: list[bytes],
+        args: list[Any],
+        event: str,
+        data: str,
+        owner: AppendOwner,
+        context: Any,
+    ) -> None:
+        """Queue an append that nobody awaits: once its batch is back, ``owner.appended``
+        gets it (``result``: the id or a negative status; or ``error``; ``context`` as given)
+        with the owner's other calls of that batch, in queue order. Raises the writer's error
+        at once if it has stopped."""
+        if self._stopped is not None:
+            raise self._stopped
+        self._queue.append(_Call("append", keys, args, (event, data), owner, context))
+        self._ready.set()
+
     async def _submit(self, call: _Call) -> Any:
         if self._stopped is not None:
             raise self._stopped
         self._queue.append(call)
         self._ready.set()
+        assert call.done is not None
         try:
             await call.done.wait()
         except BaseException:
@@ -119,14 +187,28 @@ class ScriptWriter:
             raise call.error
         return call.result
 
+    async def drained(self) -> None:
+        """Until nothing is queued or in flight (or the writer has stopped)."""
+        while (self._queue or self._sending) and self._stopped is None:
+            if self._idle is None:
+                self._idle = anyio.Event()
+            await self._idle.wait()
+
+    def _wake_idle(self) -> None:
+        if self._idle is not None:
+            self._idle.set()
+            self._idle = None
+
     def stop(self, error: StoreError) -> None:
         """Fail every queued call (and any later one) with ``error``."""
         if self._stopped is None:
             self._stopped = error
-        while self._queue:
-            call = self._queue.popleft()
+        self._wake_idle()
+        failed = list(self._queue)
+        self._queue.clear()
+        for call in failed:
             call.error = error
-            call.done.set()
+        _complete(failed)
 
     async def run(self) -> None:
         """Send what is queued, batch after batch, until cancelled (then fail what is left)."""
@@ -134,22 +216,37 @@ class ScriptWriter:
         try:
             while True:
                 while not self._queue:
+                    self._wake_idle()
                     if self._ready.is_set():
                         self._ready = anyio.Event()
                     await self._ready.wait()
                 batch = []
-                while self._queue and len(batch) < MAX_BATCH:
-                    call = self._queue.popleft()
+                commands = 0
+                streams: set[bytes] = set()  # appended to in this batch: one command each
+                while self._queue and len(batch) < MAX_CALLS:
+                    call = self._queue[0]
+                    if call.event is None or call.keys[1] not in streams:
+                        if commands == MAX_BATCH:
+                            break
+                        commands += 1
+                        if call.event is not None:
+                            streams.add(call.keys[1])
+                    self._queue.popleft()
                     call.sent = True
                     batch.append(call)
-                await self._send(batch)
+                self._sending = True
+                try:
+                    await self._send(batch)
+                finally:
+                    self._sending = False
                 batch = []
         finally:
+            self._wake_idle()
             closed = StoreUnavailableError("the store is closed")
-            for call in batch:
-                if not call.done.is_set():
-                    call.error = closed
-                    call.done.set()
+            left = [c for c in batch if c.owner is not None or (c.done and not c.done.is_set())]
+            for call in left:
+                call.error = closed
+            _complete(left)
             self.stop(closed)
 
     # -- one batch -----------------------------------------------------------------------
@@ -196,8 +293,7 @@ class ScriptWriter:
         finally:
             self.batches += 1
             if answered:  # else cancelled (the store closes): run() fails the batch
-                for call in batch:
-                    call.done.set()
+                _complete(batch)
 
     async def _pipeline(self, commands: list[_Command]) -> list[Any]:
         # A pipeline by hand: redis-py's packs every argument through its generic encoder,

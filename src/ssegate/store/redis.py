@@ -74,6 +74,9 @@ __all__ = ["RedisStore", "RedisStoreConfig"]
 
 log = logging.getLogger("ssegate.store.redis")
 
+#: The most appends of one stream in flight (unanswered by Redis) before its producer waits.
+_APPEND_WINDOW = 256
+
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
@@ -132,7 +135,15 @@ class RedisStore(RedisHub, Store):
         )
 
     async def append(self, stream_id: str, event: str, data: str) -> StoredEvent:
-        """Append a non-terminal event with the next id; renews the lease."""
+        """Append a non-terminal event with the next id; renews the lease.
+
+        The producer of a stream created here does not wait for Redis: its event gets the
+        next id at once and goes out with the writer's next batch, so a producer appends many
+        events per round trip and they reach Redis as one script call. Followers here see an
+        event once Redis has it. The script checks that the id is the one Redis gives (one
+        producer per stream); an append that fails fails the producer's next call, and
+        reading the stream here waits until what is in flight is in Redis.
+        """
         if event in TERMINAL_EVENTS:
             raise ValueError(f"{event!r} ends a stream: use finish()")
         if "\n" in data or "\r" in data:
@@ -142,20 +153,70 @@ class RedisStore(RedisHub, Store):
         meta, events, lease, _ = self._keys(stream_id)
         _, data_channel = self._channels(stream_id)
         self._client()
-        result = await self._writer.append(
-            [meta, events, lease],
-            [self.config.max_events, self._lease_ms, self._keep_ms, data_channel],
-            event,
-            data,
-        )
-        stored = self._check_id(result, "append")
-        stored_event = StoredEvent.build(stored, event, data)
-        self._events += 1
+        args: list[Any] = [self.config.max_events, self._lease_ms, self._keep_ms, data_channel]
         watch = self._watches.get(stream_id)
+        if watch is not None and watch.local:
+            return await self._append_behind(watch, [meta, events, lease], args, event, data)
+        result = await self._writer.append([meta, events, lease], [*args, 0], event, data)
+        stored = StoredEvent.build(self._check_id(result, "append"), event, data)
+        self._events += 1
         if watch is not None:
             watch.lease_deadline = time.monotonic() + self.lease_ttl
-            watch.push(stored_event)
-        return stored_event
+            watch.push(stored)
+        return stored
+
+    async def _append_behind(
+        self, watch: Watch, keys: list[bytes], args: list[Any], event: str, data: str
+    ) -> StoredEvent:
+        if watch.pending >= _APPEND_WINDOW:
+            await self._flush(watch, _APPEND_WINDOW // 2)
+        if watch.append_error is not None:
+            raise watch.append_error
+        stored = StoredEvent.build(watch.next_append, event, data)
+        self._writer.append_nowait(keys, [*args, stored.id], event, data, self, (watch, stored))
+        watch.next_append += 1
+        watch.pending += 1
+        self._events += 1
+        return stored
+
+    def appended(self, calls: list[Any]) -> None:
+        """The writer's news of appends that :meth:`_append_behind` queued, in order: each
+        event goes to its followers here, or its error waits for the producer's next call."""
+        touched: dict[str, Watch] = {}
+        deadline = time.monotonic() + self.lease_ttl
+        for call in calls:
+            watch, stored = call.context
+            watch.pending -= 1
+            touched[watch.sid] = watch
+            error = call.error
+            if error is None:
+                try:
+                    self._check_id(call.result, "append")
+                except StoreError as exc:
+                    error = exc
+            if error is not None:
+                if watch.append_error is None:
+                    log.warning("stream %s: an append failed: %s", watch.sid, error)
+                    watch.append_error = error
+            elif not watch.gone:
+                watch.lease_deadline = deadline
+                watch.push(stored, wake=False)
+        for watch in touched.values():
+            watch.wake_events()
+            if watch.flushed is not None and watch.pending <= watch.flushed_at:
+                watch.flushed.set()
+                watch.flushed = None
+
+    async def _flush(self, watch: Watch, left: int = 0) -> None:
+        """Until at most ``left`` appends for ``watch``'s stream are in flight (none: Redis
+        has every event appended here)."""
+        while watch.pending > left:
+            if watch.flushed is None or watch.flushed_at > left:
+                if watch.flushed is not None:
+                    watch.flushed.set()  # its waiters look again, at their own bound
+                watch.flushed = anyio.Event()
+                watch.flushed_at = left
+            await watch.flushed.wait()
 
     def _check_id(self, result: Any, action: str) -> int:
         value = int(result)
@@ -163,6 +224,10 @@ class RedisStore(RedisHub, Store):
             raise StreamNotFoundError("no such stream")
         if value == -2:
             raise IllegalTransitionError(f"a finished stream cannot take {action}")
+        if value == -3:
+            raise StoreError(
+                f"the stream's events went out of step ({action}): another writer appended"
+            )
         return value
 
     async def finish(
@@ -248,6 +313,9 @@ class RedisStore(RedisHub, Store):
     ) -> tuple[list[StoredEvent], StreamStatus, int, int]:
         """Events after ``after`` (at most ``count``), status, last id and the lease's PTTL,
         read in one ``MULTI``; raises ``StreamNotFoundError`` and ``StreamGapError``."""
+        watch = self._watches.get(stream_id)
+        if watch is not None:
+            await self._flush(watch)  # read what this process appended, too
         meta, events, lease, _ = self._keys(stream_id)
         client = self._client()
         with self._translate():
