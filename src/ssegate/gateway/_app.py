@@ -38,6 +38,7 @@ from ._settings import Settings
 from ._state import GatewayState
 from ._tokens import ReadTokens
 from .routes import (
+    anthropic_router,
     document,
     learn_router,
     openai_router,
@@ -197,6 +198,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(learn_router)
     app.include_router(streams_router)
     app.include_router(openai_router)
+    app.include_router(anthropic_router())
     app.include_router(ui_chat_router(settings.server.ui_chat_path))
     app.include_router(pages_router)
     document(app)  # /openapi.json lists the statuses the routes really answer

@@ -1,6 +1,7 @@
 """Who may use the gateway: the caller of a request, the auth middleware, the bind check.
 
-* **API keys** (:mod:`._keys`): a request presents one as ``Authorization: Bearer <key>``.
+* **API keys** (:mod:`._keys`): a request presents one as ``Authorization: Bearer <key>``, or
+  as ``x-api-key: <key>`` (Anthropic's clients) when it sends no ``Authorization``.
 * **Ownership**: a stream records the owner id of the key that started it, and only that key
   may read, resume or cancel it; for anyone else it does not exist (404).
 * **Read tokens** (:mod:`._tokens`): ``?token=`` on a stream's events and status URLs lets its
@@ -96,6 +97,10 @@ def _error(scope: Scope, status: int, code: str, message: str, headers: dict[str
     for the rest of ``/v1`` (so the SDK raises ``AuthenticationError``/``RateLimitError``)."""
     if scope["path"].startswith("/v1/streams"):
         body: dict[str, Any] = {"code": code, "message": message}
+    elif scope["path"] == "/v1/messages":  # Anthropic's shape
+        kind = {401: "authentication_error", 429: "rate_limit_error"}.get(status)
+        error = {"type": kind or "invalid_request_error", "message": message}
+        return JSONResponse({"type": "error", "error": error}, status, headers)
     else:
         kind = "rate_limit_error" if status == 429 else "invalid_request_error"
         body = {"message": message, "type": kind, "param": None, "code": code}
@@ -195,6 +200,8 @@ class AuthMiddleware:
 
     def _authenticate(self, scope: Scope) -> Caller | Response:
         authorizations = [v for k, v in scope["headers"] if k == b"authorization"]
+        if not authorizations:  # Anthropic's clients send the key as x-api-key
+            authorizations = [b"Bearer " + v for k, v in scope["headers"] if k == b"x-api-key"]
         if len(authorizations) > 1:
             return _unauthorized(scope, "invalid_api_key", "send one Authorization header")
         if authorizations:

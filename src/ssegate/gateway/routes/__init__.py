@@ -1,5 +1,6 @@
 """The gateway's routers."""
 
+from ._anthropic import anthropic_router
 from ._learn import router as learn_router
 from ._openai import router as openai_router
 from ._ops import router as ops_router
@@ -9,6 +10,7 @@ from ._streams import router as streams_router
 from ._ui_chat import ui_chat_router
 
 __all__ = [
+    "anthropic_router",
     "document",
     "learn_router",
     "openai_router",

@@ -48,6 +48,8 @@ from .._event_streams import TrackedEventSourceResponse
 from .._limits import PromptLimitError, check_prompt
 from .._models import ModelRoute, UnknownModelError
 from .._state import GatewayState, state_of
+from ._anthropic import anthropic_model, anthropic_models
+from ._anthropic_errors import AnthropicError
 from ._openai_chunks import Chunks, Completion, event_data
 from ._openai_errors import OpenAIError, OpenAIRoute, stream_headers
 from ._openai_schema import ChatCompletionRequest, chat_request, check_shape
@@ -312,19 +314,29 @@ def _model_object(route: ModelRoute, created: int) -> dict[str, Any]:
 async def list_models(
     request: Request, owner: Annotated[str | None, Depends(openai_caller)]
 ) -> dict[str, Any]:
-    """The public models, the default first."""
+    """The public models, the default first (in Anthropic's shape with ``anthropic-version``)."""
     models = state_of(request).models
+    if "anthropic-version" in request.headers:
+        return anthropic_models(list(models), models.created)
     return {"object": "list", "data": [_model_object(route, models.created) for route in models]}
 
 
 @router.get(
     "/models/{model_id:path}",
     summary="Retrieve a model (OpenAI-compatible)",
-    responses=openai_errors(401, 404, 429),
+    response_model=None,
+    responses={200: {"description": "The model"}, **openai_errors(401, 404, 429)},
 )
 async def retrieve_model(
     request: Request, model_id: str, owner: Annotated[str | None, Depends(openai_caller)]
-) -> dict[str, Any]:
-    """One public model, or 404 ``model_not_found``."""
+) -> dict[str, Any] | Response:
+    """One public model, or 404 ``model_not_found`` (Anthropic's shapes with
+    ``anthropic-version``)."""
     state = state_of(request)
+    if "anthropic-version" in request.headers:
+        try:
+            route = state.models.resolve(model_id)
+        except UnknownModelError:
+            return AnthropicError(404, f"model: {model_id}").response()
+        return anthropic_model(route, state.models.created)
     return _model_object(_resolve(state, model_id), state.models.created)
