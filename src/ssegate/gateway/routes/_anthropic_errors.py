@@ -8,10 +8,11 @@ The official SDK picks its exception class from the status (``BadRequestError``,
 ``NotFoundError``, ``RateLimitError``, ``OverloadedError``…).
 
 Upstream faults are answered as a gateway would, as on the Chat Completions door: an upstream
-that refuses *our* key, or fails in a way no closer status describes, is ``api_error`` with 502
-(the SDK's ``InternalServerError``), not a 401 the caller could do nothing about. An upstream
-that is overloaded or unavailable, and a gateway that is draining or full, is
-``overloaded_error`` 529, which the SDK retries.
+that refuses *our* key, answers 5xx, or fails in a way no closer status describes, is
+``api_error`` with 502 (the SDK's ``InternalServerError``), not a 401 the caller could do
+nothing about. An upstream that says it is overloaded (Anthropic's ``overloaded_error``), and a
+gateway that is draining, full or has lost its store, is ``overloaded_error`` 529, which the SDK
+retries.
 """
 
 from __future__ import annotations
@@ -53,7 +54,6 @@ _STATUS_BY_CODE = {
     "upstream_bad_request": 400,
     "upstream_rate_limited": 429,
     "upstream_rate_limit_error": 429,
-    "upstream_unavailable": 529,
     "upstream_overloaded_error": 529,
     "upstream_timeout": 504,
     "upstream_connect_timeout": 504,

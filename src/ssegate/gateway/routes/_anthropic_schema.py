@@ -127,7 +127,7 @@ class ToolChoice(_Strict):
 
 
 class Thinking(_Strict):
-    """``thinking``: ``enabled`` with a token budget, or ``disabled``."""
+    """``thinking``: ``enabled`` with a token budget, ``adaptive`` or ``disabled``."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -138,7 +138,7 @@ class Thinking(_Strict):
         },
     )
 
-    type: Literal["enabled", "disabled"]
+    type: Literal["enabled", "adaptive", "disabled"]
     budget_tokens: Annotated[int, Field(ge=1024, le=MAX_INTEGER), WHOLE] | None = None
 
 
