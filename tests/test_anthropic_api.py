@@ -659,6 +659,12 @@ def test_keys_are_accepted_as_x_api_key_and_bearer(
             with pytest.raises(anthropic.AuthenticationError) as raised:
                 sdk.messages.create(model="mock", max_tokens=8, messages=user("k2"))
         assert raised.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
+        anthropic_headers = {"x-api-key": KEY, "anthropic-version": "2023-06-01"}
+        models = httpx.get(server.url + "/v1/models", headers=anthropic_headers)
+        assert models.json()["data"][0]["type"] == "model"
+        # Elsewhere, and without anthropic-version, the key goes in Authorization.
+        plain = httpx.get(server.url + "/v1/models", headers={"x-api-key": KEY})
+        assert plain.status_code == 401
         missing = httpx.post(server.url + "/v1/messages", json={"model": "mock"})
         assert missing.status_code == 401
         assert missing.json()["error"]["type"] == "authentication_error"

@@ -1,7 +1,8 @@
 """Who may use the gateway: the caller of a request, the auth middleware, the bind check.
 
-* **API keys** (:mod:`._keys`): a request presents one as ``Authorization: Bearer <key>``, or
-  as ``x-api-key: <key>`` (Anthropic's clients) when it sends no ``Authorization``.
+* **API keys** (:mod:`._keys`): a request presents one as ``Authorization: Bearer <key>``; a
+  request to Anthropic's API (``/v1/messages``, or any with an ``anthropic-version`` header)
+  may present it as ``x-api-key: <key>`` instead, as Anthropic's clients do.
 * **Ownership**: a stream records the owner id of the key that started it, and only that key
   may read, resume or cancel it; for anyone else it does not exist (404).
 * **Read tokens** (:mod:`._tokens`): ``?token=`` on a stream's events and status URLs lets its
@@ -114,6 +115,14 @@ def _unauthorized(scope: Scope, code: str, message: str) -> Response:
     return _error(scope, 401, code, message, {"WWW-Authenticate": challenge})
 
 
+def _anthropic_client(scope: Scope) -> bool:
+    """Whether the request is Anthropic's API (``/v1/messages``, or with ``anthropic-version``),
+    whose clients send the key as ``x-api-key``."""
+    if scope["path"] == "/v1/messages":
+        return True
+    return any(k == b"anthropic-version" for k, _ in scope["headers"])
+
+
 class _TokenQueryError(Exception):
     """The query names ``token`` twice, or spells its name percent-encoded."""
 
@@ -200,7 +209,7 @@ class AuthMiddleware:
 
     def _authenticate(self, scope: Scope) -> Caller | Response:
         authorizations = [v for k, v in scope["headers"] if k == b"authorization"]
-        if not authorizations:  # Anthropic's clients send the key as x-api-key
+        if not authorizations and _anthropic_client(scope):
             authorizations = [b"Bearer " + v for k, v in scope["headers"] if k == b"x-api-key"]
         if len(authorizations) > 1:
             return _unauthorized(scope, "invalid_api_key", "send one Authorization header")
