@@ -184,6 +184,11 @@ def test_every_raw_event_validates_strictly_and_names_its_stream(
     assert kinds == [("content_block_start", "thinking"), ("content_block_start", "text")]
     assert texts(events) == "tok0 tok1 tok2 "
     assert events[-1].event == "message_stop"
+    # Gateway event k ends with the SSE event of id k: ids rise by one, none left out.
+    ids = list(dict.fromkeys(int(e.id) for e in events if e.id))  # the decoder keeps the last
+    assert ids == list(range(1, len(ids) + 1))
+    status = httpx.get(f"{gateway.url}/v1/streams/{stream_id}").json()
+    assert ids[-1] == status["last_event_id"]
 
 
 def test_messages_stream_helper_text_stream_and_final_message(

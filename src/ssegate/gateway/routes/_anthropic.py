@@ -45,14 +45,13 @@ from .._limits import PromptLimitError, check_prompt
 from .._models import ModelRoute, UnknownModelError
 from .._state import GatewayState, state_of
 from ._anthropic_errors import AnthropicError, AnthropicRoute, anthropic_errors
-from ._anthropic_events import MessageBody, MessageEvents, event_data, message_id
+from ._anthropic_events import PING, MessageBody, MessageEvents, event_data, message_id
 from ._anthropic_schema import MessagesRequest, chat_request
 from ._streams import STREAM_ID_HEADER
 
 __all__ = ["MessagesRequest", "anthropic_model", "anthropic_models", "anthropic_router"]
 
 _FIRST_EVENT_WAIT = 10.0
-_PING = b'event: ping\ndata: {"type":"ping"}\n\n'
 _BUFFER = 64  # translated events held for a slow client before the store is read further
 
 
@@ -141,16 +140,14 @@ async def _pump(
     """Translate the stream's events into ``out`` until it ends; faults as an ``error``."""
     async with out:
         for event in head:
-            if item := events.translate(event):
-                await out.send(item)
+            await out.send(events.translate(event))
         if events.finished:
             return
         try:
             after = head[-1].id if head else 0
             async with aclosing(state.store.follow(stream_id, after)) as stored:
                 async for event in stored:
-                    if item := events.translate(event):
-                        await out.send(item)
+                    await out.send(events.translate(event))
         except StoreError as exc:  # gap, producer lost, deleted, store down
             await out.send(events.error(AnthropicError.from_gateway(exc.to_dict())))
             return
@@ -170,7 +167,7 @@ async def _with_pings(
                     item = await items.receive()
                 except anyio.EndOfStream:
                     return
-            yield _PING if item is None else item
+            yield PING if item is None else item
 
 
 class _MessageStream(Response):

@@ -10,9 +10,10 @@ A fault or a cancel ends it with an ``error`` event. The gateway's finish reason
 back: ``stop`` → ``end_turn``, ``length`` → ``max_tokens``, ``tool_calls`` → ``tool_use``,
 ``content_filter`` → ``refusal``.
 
-Every SSE event that completes the translation of stored event ``k`` carries ``id: k``: a client
-that lost the connection resumes with ``GET /v1/streams/{id}/events`` and ``Last-Event-ID: k``
-(in the gateway's own event format).
+Every SSE event that completes the translation of stored event ``k`` carries ``id: k`` (a stored
+event with no Anthropic counterpart, such as ``usage``, becomes a ``ping`` with its id, so the
+ids rise by one): a client that lost the connection resumes with ``GET /v1/streams/{id}/events``
+and ``Last-Event-ID: k`` (in the gateway's own event format).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import orjson
 from ...store import StoredEvent, StreamInfo
 from ._anthropic_errors import AnthropicError
 
-__all__ = ["MessageBody", "MessageEvents", "event_data", "message_id", "stop_reason"]
+__all__ = ["PING", "MessageBody", "MessageEvents", "event_data", "message_id", "stop_reason"]
 
 _STOP_REASONS = {
     "stop": "end_turn",
@@ -68,6 +69,9 @@ def _usage(usage: dict[str, Any] | None) -> tuple[int, int]:
     if usage is None:
         return 0, 0
     return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+
+
+PING = b'event: ping\ndata: {"type":"ping"}\n\n'
 
 
 def _sse(name: bytes, payload: dict[str, Any], event_id: int | None = None) -> bytes:
@@ -194,10 +198,9 @@ class MessageEvents:
         return []  # meta, annotations, and event types this version does not know
 
     def translate(self, event: StoredEvent) -> bytes:
-        """The SSE bytes for one stored event; the last SSE event carries its id."""
-        out = self._translate(event)
-        if not out:
-            return b""
+        """The SSE bytes for one stored event; the last SSE event carries its id (a stored
+        event with nothing to say, such as ``usage``, is a ``ping`` with its id)."""
+        out = self._translate(event) or [PING]
         out[-1] = out[-1].replace(b"\ndata: ", b"\nid: %d\ndata: " % event.id, 1)
         return b"".join(out)
 
