@@ -348,7 +348,7 @@ class Report:
         pc = medians(self._of("relay_paced"), ["peer", "upstream", "streams"])
         for upstream in ("http", "https"):
             plain = mx.get(("fastapi-httpx", upstream, 100))
-            for route in ("ssegate-openai", "ssegate-streams"):
+            for route in ("ssegate-openai", "ssegate-streams", "ssegate-anthropic"):
                 bar = f"relay tok/s @100 ≥ 1.5× FastAPI+httpx ({route}, {upstream})"
                 ours = mx.get((route, upstream, 100))
                 if ours and plain and plain.get("tokens_per_s") and plain.get("tokens_per_cpu_s"):
@@ -370,7 +370,7 @@ class Report:
     def _start_bars(self) -> list[tuple[str, str, bool | None]]:
         out: list[tuple[str, str, bool | None]] = []
         m = medians(self._of("relay_start"), ["peer", "upstream", "streams"])
-        for route in ("ssegate-openai", "ssegate-streams"):
+        for route in ("ssegate-openai", "ssegate-streams", "ssegate-anthropic"):
             rec = m.get((route, "http", 1000))
             added = _added(m, route, "http", 1000, "p99_ms")
             first = rec["first_p99_ms"] if rec else None

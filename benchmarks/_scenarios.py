@@ -285,6 +285,7 @@ RELAY_PEERS: dict[str, str] = {
     "fastapi-httpx": "FastAPI + httpx relay re-yielding chunks (StreamingResponse)",
     "ssegate-openai": "ssegate gateway, POST /v1/chat/completions",
     "ssegate-streams": "ssegate gateway, POST /v1/streams (Accept: text/event-stream)",
+    "ssegate-anthropic": "ssegate gateway, POST /v1/messages (Anthropic Messages API)",
     "ssegate-openai@pre-redesign": "the gateway as of the commit before the redesign, "
     "POST /v1/chat/completions",
     "ssegate-streams@pre-redesign": "the same, POST /v1/streams",
@@ -303,6 +304,11 @@ def relay_request(peer: str, port: int, tokens: int, interval_ms: float) -> tupl
     if peer.removesuffix(BASELINE_SUFFIX) == "ssegate-streams":
         body = orjson.dumps({"messages": messages})
         path, terminal = "/v1/streams", b"event: done"
+    elif peer == "ssegate-anthropic":
+        body = orjson.dumps(
+            {"model": "mock", "max_tokens": 1_000_000, "stream": True, "messages": messages}
+        )
+        path, terminal = "/v1/messages", b"event: message_stop"
     else:
         body = orjson.dumps({"model": "mock", "stream": True, "messages": messages})
         path, terminal = "/v1/chat/completions", b"data: [DONE]"
