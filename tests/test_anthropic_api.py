@@ -456,6 +456,33 @@ def test_an_unknown_model_is_not_found(client: Anthropic) -> None:
             {
                 "model": "mock",
                 "max_tokens": 8,
+                "messages": user("x"),
+                "tool_choice": {"type": "tool"},
+            },
+            "tool_choice",
+        ),
+        (
+            {
+                "model": "mock",
+                "max_tokens": 8,
+                "messages": user("x"),
+                "thinking": {"type": "enabled"},
+            },
+            "thinking",
+        ),
+        (
+            {
+                "model": "mock",
+                "max_tokens": 8,
+                "messages": user("x"),
+                "tools": [{"type": "web_search_20250305", "name": "web_search"}],
+            },
+            "tools[0]",
+        ),
+        (
+            {
+                "model": "mock",
+                "max_tokens": 8,
                 "messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}],
             },
             "messages[0]",
@@ -486,6 +513,18 @@ def test_bad_input_is_a_bad_request_naming_the_field(
     assert named in error["error"]["message"]
     with pytest.raises(anthropic.BadRequestError):
         client.post("/v1/messages", cast_to=Message, body=body)
+
+
+def test_a_body_too_large_is_request_too_large(tmp_path: Path, mock_upstream: MockUpstream) -> None:
+    settings = Settings.from_options(
+        model_map=model_map(tmp_path / "models.toml", mock_upstream), max_body_bytes=1000
+    )
+    with run_server(create_app(settings)) as server:
+        with Anthropic(base_url=server.url, api_key="unused", max_retries=0) as sdk:
+            with pytest.raises(anthropic.APIStatusError) as raised:
+                sdk.messages.create(model="mock", max_tokens=8, messages=user("x" * 2000))
+    assert raised.value.status_code == 413
+    assert raised.value.body["error"]["type"] == "request_too_large"  # type: ignore[index]
 
 
 def test_a_body_that_is_not_json_is_a_bad_request(gateway: Gateway) -> None:

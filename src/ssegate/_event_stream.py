@@ -91,11 +91,13 @@ class EventStreamOptions:
     response returns unfinished, so the server drops the connection); ``None`` waits as long as
     the server does. ``max_duration``: seconds after which the stream ends cleanly; ``None`` is
     no limit. ``close_timeout``: seconds allowed for closing the content iterator and for the
-    final write after an early end.
+    final write after an early end. ``ping_event``: sent as the heartbeat instead of the
+    ``ping_comment`` comment, for a protocol whose heartbeat is an event (Anthropic's ``ping``).
     """
 
     ping_interval: float | None = 15.0
     ping_comment: str = "ping"
+    ping_event: ServerSentEvent | None = None
     retry: int | None = None
     send_timeout: float | None = None
     max_duration: float | None = None
@@ -317,7 +319,8 @@ class EventStream:
         its next write); ``False`` if the stream is ending."""
         pinging = self.pinging = anyio.Event()
         limit = self.options.send_timeout
-        ping = encode_comment(self.options.ping_comment)
+        event = self.options.ping_event
+        ping = encode(event) if event is not None else encode_comment(self.options.ping_comment)
         message = {"type": "http.response.body", "body": ping, "more_body": True}
         self.last_write = time.monotonic()
         try:

@@ -46,19 +46,13 @@ class BodyLimitMiddleware:
         self.app = app
         self.max_bytes = max_bytes
 
-    def _refusal(self) -> JSONResponse:
-        return JSONResponse(
-            {
-                "error": {
-                    "code": "payload_too_large",
-                    "message": f"the request body is larger than {self.max_bytes} bytes",
-                    "type": "invalid_request_error",
-                    "param": None,
-                }
-            },
-            status_code=413,
-            headers={"Connection": "close"},
-        )
+    def _refusal(self, scope: Scope) -> JSONResponse:
+        message = f"the request body is larger than {self.max_bytes} bytes"
+        error = {"code": "payload_too_large", "message": message}
+        body: dict[str, Any] = {"error": {**error, "type": "invalid_request_error", "param": None}}
+        if scope.get("path") == "/v1/messages":  # Anthropic's shape
+            body = {"type": "error", "error": {"type": "request_too_large", "message": message}}
+        return JSONResponse(body, status_code=413, headers={"Connection": "close"})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -69,7 +63,7 @@ class BodyLimitMiddleware:
             if name == b"content-length":
                 # The server (h11/httptools) has refused a malformed Content-Length already.
                 if value.strip().isdigit() and int(value) > self.max_bytes:
-                    await self._refusal()(scope, receive, send)
+                    await self._refusal(scope)(scope, receive, send)
                     return
             elif name == b"transfer-encoding":
                 chunked = True
@@ -109,7 +103,7 @@ class BodyLimitMiddleware:
         except _BodyTooLarge:
             pass
         if exceeded and not started:
-            await self._refusal()(scope, receive, send)
+            await self._refusal(scope)(scope, receive, send)
 
 
 # -- prompt size -------------------------------------------------------------------------------

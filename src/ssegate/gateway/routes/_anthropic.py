@@ -32,11 +32,12 @@ from typing import Annotated, Any
 
 import anyio
 import orjson
-from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from fastapi import APIRouter, Body, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from ..._event_stream import EventStreamOptions
+from ...codec import ServerSentEvent
 from ...providers import ChatRequest, Provider
 from ...store import StoredEvent, StoreError, StreamInfo
 from .._auth import GatewaySecurity, caller_of, security_of
@@ -45,14 +46,15 @@ from .._limits import PromptLimitError, check_prompt
 from .._models import ModelRoute, UnknownModelError
 from .._state import GatewayState, state_of
 from ._anthropic_errors import AnthropicError, AnthropicRoute, anthropic_errors
-from ._anthropic_events import PING, MessageBody, MessageEvents, event_data, message_id
+from ._anthropic_events import MessageBody, MessageEvents, event_data, message_id
 from ._anthropic_schema import MessagesRequest, chat_request
 from ._streams import STREAM_ID_HEADER
 
 __all__ = ["MessagesRequest", "anthropic_model", "anthropic_models", "anthropic_router"]
 
 _FIRST_EVENT_WAIT = 10.0
-_BUFFER = 64  # translated events held for a slow client before the store is read further
+#: The heartbeat is Anthropic's ``ping`` event, not a comment.
+_OPTIONS = EventStreamOptions(ping_event=ServerSentEvent(data='{"type":"ping"}', event="ping"))
 
 
 def _headers(stream_id: str) -> dict[str, str]:
@@ -130,44 +132,24 @@ async def _first_events(state: GatewayState, stream_id: str, wait: float) -> lis
     return head
 
 
-async def _pump(
-    state: GatewayState,
-    stream_id: str,
-    head: list[StoredEvent],
-    events: MessageEvents,
-    out: ObjectSendStream[bytes],
-) -> None:
-    """Translate the stream's events into ``out`` until it ends; faults as an ``error``."""
-    async with out:
-        for event in head:
-            await out.send(events.translate(event))
-        if events.finished:
-            return
-        try:
-            after = head[-1].id if head else 0
-            async with aclosing(state.store.follow(stream_id, after)) as stored:
-                async for event in stored:
-                    await out.send(events.translate(event))
-        except StoreError as exc:  # gap, producer lost, deleted, store down
-            await out.send(events.error(AnthropicError.from_gateway(exc.to_dict())))
-            return
-        if not events.finished:
-            await out.send(events.error(AnthropicError(502, "The stream ended early.")))
-
-
-async def _with_pings(
-    items: ObjectReceiveStream[bytes], interval: float | None
+async def _message_stream(
+    state: GatewayState, stream_id: str, head: list[StoredEvent], events: MessageEvents
 ) -> AsyncIterator[bytes]:
-    """``items`` as they come, and a ``ping`` event after ``interval`` seconds of silence."""
-    async with items:
-        while True:
-            item = None
-            with anyio.move_on_after(interval if interval else float("inf")):
-                try:
-                    item = await items.receive()
-                except anyio.EndOfStream:
-                    return
-            yield PING if item is None else item
+    """The stream's events as Anthropic's, to its end; faults as an ``error`` event."""
+    for event in head:
+        yield events.translate(event)
+    if events.finished:
+        return
+    try:
+        after = head[-1].id if head else 0
+        async with aclosing(state.store.follow(stream_id, after)) as stored:
+            async for event in stored:
+                yield events.translate(event)
+    except StoreError as exc:  # gap, producer lost, deleted, store down
+        yield events.error(AnthropicError.from_gateway(exc.to_dict()))
+        return
+    if not events.finished:
+        yield events.error(AnthropicError(502, "The stream ended early."))
 
 
 class _MessageStream(Response):
@@ -200,21 +182,18 @@ class _MessageStream(Response):
                 error = AnthropicError.from_gateway(event_data(head[-1]))
                 await error.response(_headers(stream_id))(scope, receive, send)
                 return
-            sender, items = anyio.create_memory_object_stream[bytes](_BUFFER)
             settings = state.settings
             response = TrackedEventSourceResponse(
-                _with_pings(items, interval),
+                _message_stream(state, stream_id, head, self._events),
                 headers=_headers(stream_id),
+                options=_OPTIONS,
                 ping_interval=interval,
                 retry=None,
                 send_timeout=settings.streams.send_timeout or None,
                 shutdown=state.shutdown,
                 tracker=self._security.event_streams,
             )
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_pump, state, stream_id, head, self._events, sender)
-                await response(scope, receive, send)
-                tg.cancel_scope.cancel()
+            await response(scope, receive, send)
 
 
 # -- non-streaming --------------------------------------------------------------------------

@@ -74,6 +74,12 @@ def _usage(usage: dict[str, Any] | None) -> tuple[int, int]:
 PING = b'event: ping\ndata: {"type":"ping"}\n\n'
 
 
+_TEXT_DELTA = (
+    b"event: content_block_delta\nid: %d\n"
+    b'data: {"type":"content_block_delta","index":%d,"delta":{"type":"text_delta","text":'
+)
+
+
 def _sse(name: bytes, payload: dict[str, Any], event_id: int | None = None) -> bytes:
     # orjson never writes a line break, so the data fits one ``data:`` line.
     head = b"event: " + name + b"\n"
@@ -200,6 +206,9 @@ class MessageEvents:
     def translate(self, event: StoredEvent) -> bytes:
         """The SSE bytes for one stored event; the last SSE event carries its id (a stored
         event with nothing to say, such as ``usage``, is a ``ping`` with its id)."""
+        if event.event == "delta" and self._open == "text":  # most events: made in one go
+            text = orjson.dumps(event_data(event).get("text", ""))
+            return b"".join((_TEXT_DELTA % (event.id, self._index), text, b"}}\n\n"))
         out = self._translate(event) or [PING]
         out[-1] = out[-1].replace(b"\ndata: ", b"\nid: %d\ndata: " % event.id, 1)
         return b"".join(out)

@@ -125,6 +125,12 @@ class ToolChoice(_Strict):
     name: str | None = Field(default=None, min_length=1, max_length=128)
     disable_parallel_tool_use: bool | None = None
 
+    @model_validator(mode="after")
+    def _named(self) -> ToolChoice:
+        if self.type == "tool" and self.name is None:
+            raise ValueError("a tool_choice of type 'tool' needs the tool's name")
+        return self
+
 
 class Thinking(_Strict):
     """``thinking``: ``enabled`` with a token budget, ``adaptive`` or ``disabled``."""
@@ -140,6 +146,12 @@ class Thinking(_Strict):
 
     type: Literal["enabled", "adaptive", "disabled"]
     budget_tokens: Annotated[int, Field(ge=1024, le=MAX_INTEGER), WHOLE] | None = None
+
+    @model_validator(mode="after")
+    def _budgeted(self) -> Thinking:
+        if self.type == "enabled" and self.budget_tokens is None:
+            raise ValueError("thinking of type 'enabled' needs budget_tokens")
+        return self
 
 
 class Metadata(_Strict):
@@ -301,8 +313,9 @@ def chat_request(body: MessagesRequest, route: ModelRoute) -> ChatRequest:
         extra = _openai_extra(body)
     elif route.kind == "ollama":
         extra = _ollama_extra(body)
-    if tools and body.tool_choice is not None and body.tool_choice.type == "none":
-        tools = None if route.kind not in ("anthropic", "openai") else tools
+    choice = body.tool_choice
+    if choice is not None and choice.type == "none" and route.kind not in ("anthropic", "openai"):
+        tools = None  # this upstream has no tool_choice: "none" is no tools
     return ChatRequest(
         messages=provider_messages(body),
         model=route.upstream_model,
