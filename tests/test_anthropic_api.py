@@ -17,6 +17,7 @@ import httpx
 import pytest
 from anthropic import Anthropic, AsyncAnthropic
 from anthropic.types import ErrorResponse, Message, RawMessageStreamEvent
+from openai import OpenAI
 from pydantic import TypeAdapter
 
 from ssegate.codec import Decoder, ServerSentEvent
@@ -359,6 +360,44 @@ def test_tool_use_round_trip_across_formats(
         assert sent[2]["content"][0]["tool_use_id"] == call.id
     assert second.content[0].type == "text"
     assert second.content[0].text == "tok0 tok1 tok2 "
+
+
+def test_and_the_other_way_an_openai_client_calls_tools_on_an_anthropic_upstream(
+    gateway: Gateway,
+) -> None:
+    tool: Any = {
+        "type": "function",
+        "function": {"name": "get_weather", "parameters": WEATHER["input_schema"]},
+    }
+    with OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0) as client:
+        first = client.chat.completions.create(
+            model="claude-mock", tools=[tool], messages=user("t4 [[tokens:1]] [[tool_call]]")
+        )
+        calls = first.choices[0].message.tool_calls
+        assert calls is not None
+        call = calls[0]
+        assert call.type == "function"
+        assert json.loads(call.function.arguments) == {"city": "Paris", "unit": "celsius"}
+        second = client.chat.completions.create(
+            model="claude-mock",
+            tools=[tool],
+            messages=[
+                *user("t5 weather?"),
+                first.choices[0].message.model_dump(exclude_none=True),  # type: ignore[list-item]
+                {"role": "tool", "tool_call_id": call.id, "content": "sunny"},
+                *user("[[tokens:2]]"),
+            ],
+        )
+    assert first.choices[0].finish_reason == "tool_calls"
+    sent = gateway.record("t5 ").json["messages"]
+    assert sent[1]["content"][-1]["type"] == "tool_use"
+    assert sent[1]["content"][-1]["id"] == call.id
+    assert sent[2]["content"][0] == {
+        "type": "tool_result",
+        "tool_use_id": call.id,
+        "content": "sunny",
+    }
+    assert second.choices[0].message.content == "tok0 tok1 "
 
 
 @BOTH

@@ -21,6 +21,8 @@ Where this departs from Anthropic's API (https://docs.anthropic.com/en/api/messa
   ``message_delta``'s usage (``input_tokens`` and ``output_tokens``).
 * The heartbeat is Anthropic's ``ping`` event, sent after the heartbeat interval of silence.
 * Thinking blocks have an empty ``signature``: the gateway cannot sign them.
+* ``stop_sequence`` is always ``null``: upstreams report a stop on a stop sequence as a plain
+  stop, so it reads as ``end_turn``.
 """
 
 from __future__ import annotations
