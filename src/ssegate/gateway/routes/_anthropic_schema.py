@@ -117,7 +117,7 @@ class ToolChoice(_Strict):
         strict=True,
         json_schema_extra={
             "if": {"properties": {"type": {"const": "tool"}}},
-            "then": {"required": ["name"]},
+            "then": {"required": ["name"], "properties": {"name": {"type": "string"}}},
         },
     )
 
@@ -140,7 +140,10 @@ class Thinking(_Strict):
         strict=True,
         json_schema_extra={
             "if": {"properties": {"type": {"const": "enabled"}}},
-            "then": {"required": ["budget_tokens"]},
+            "then": {
+                "required": ["budget_tokens"],
+                "properties": {"budget_tokens": {"type": "integer"}},
+            },
         },
     )
 
