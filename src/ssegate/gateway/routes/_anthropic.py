@@ -142,11 +142,12 @@ async def _message_stream(
         yield events.translate(event)
     if events.finished:
         return
+    after = head[-1].id if head else 0
     try:
-        after = head[-1].id if head else 0
-        async with aclosing(state.store.follow(stream_id, after)) as stored:
-            async for event in stored:
-                yield events.translate(event)
+        # What piled up while the client read goes out in one write (see _streams._events).
+        async with aclosing(state.store.follow_batches(stream_id, after)) as batches:
+            async for batch in batches:
+                yield b"".join([events.translate(event) for event in batch])
     except StoreError as exc:  # gap, producer lost, deleted, store down
         yield events.error(AnthropicError.from_gateway(exc.to_dict()))
         return
