@@ -17,6 +17,8 @@ import httpx
 import pytest
 from anthropic import Anthropic, AsyncAnthropic
 from anthropic.types import ErrorResponse, Message, RawMessageStreamEvent
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from openai import OpenAI
 from pydantic import TypeAdapter
 
@@ -751,3 +753,78 @@ def test_keys_are_accepted_as_x_api_key_and_bearer(
         missing = httpx.post(server.url + "/v1/messages", json={"model": "mock"})
         assert missing.status_code == 401
         assert missing.json()["error"]["type"] == "authentication_error"
+
+
+# -- hostile bodies --------------------------------------------------------------------------
+
+_TEXT = st.text(max_size=20)
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | _TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
+    max_leaves=8,
+)
+_BLOCK = st.fixed_dictionaries(
+    {"type": st.sampled_from(["text", "tool_use", "tool_result", "thinking", "image", "x"])},
+    optional={
+        "text": _TEXT | st.integers(),
+        "id": _TEXT,
+        "name": _TEXT,
+        "input": _JSON,
+        "tool_use_id": _TEXT,
+        "content": _TEXT
+        | st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": _TEXT})),
+        "thinking": _TEXT,
+        "signature": _TEXT,
+    },
+)
+_MESSAGE = st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "assistant", "system", "tool", ""])},
+    optional={"content": _TEXT | st.lists(_BLOCK, max_size=3) | _JSON},
+)
+_BODY = st.fixed_dictionaries(
+    {
+        "model": st.sampled_from(["mock", "claude-mock", "nope"]) | _JSON,
+        "messages": st.lists(_MESSAGE, min_size=1, max_size=3) | _JSON,
+    },
+    optional={
+        "max_tokens": st.integers(min_value=-2, max_value=10**6) | _JSON,
+        "stream": st.booleans() | _JSON,
+        "system": _TEXT | _JSON,
+        "temperature": st.floats(min_value=-1, max_value=3) | _JSON,
+        "top_k": st.integers(min_value=-1, max_value=100),
+        "stop_sequences": st.lists(_TEXT, max_size=3) | _JSON,
+        "tools": st.just([WEATHER]) | _JSON,
+        "tool_choice": st.sampled_from(
+            [{"type": "auto"}, {"type": "any"}, {"type": "tool", "name": "get_weather"}]
+        )
+        | _JSON,
+        "thinking": st.just({"type": "enabled", "budget_tokens": 1024}) | _JSON,
+        "metadata": st.just({"user_id": "u"}) | _JSON,
+        "unknown": _JSON,
+    },
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(body=_BODY)
+def test_any_body_gets_a_message_or_an_anthropic_error_never_a_5xx(
+    gateway: Gateway, body: dict[str, Any]
+) -> None:
+    if isinstance(body.get("messages"), list):  # keep the upstream's answers short
+        body["messages"].append({"role": "user", "content": "[[tokens:1]]"})
+    response = httpx.post(gateway.url + "/v1/messages", json=body, timeout=10)
+    assert response.status_code < 500, response.text
+    if response.status_code >= 400:
+        error = ERROR.validate_json(response.content)
+        assert error.error.message
+    elif response.headers["content-type"].startswith("text/event-stream"):
+        events = Decoder().feed(response.content)
+        assert events[-1].event in ("message_stop", "error")
+    else:
+        MESSAGE.validate_json(response.content)
