@@ -78,7 +78,7 @@ def gateway(
 ) -> Iterator[Gateway]:
     models = model_map(tmp_path_factory.mktemp("anthropic") / "models.toml", mock_upstream)
     settings = Settings.from_options(
-        model_map=models, disconnect_grace=0.3, upstream_idle_timeout=1.0, heartbeat=0.5
+        model_map=models, disconnect_grace=0.3, upstream_idle_timeout=1.0
     )
     with run_server(create_app(settings)) as server:
         yield Gateway(server.url, mock_upstream)
@@ -226,17 +226,24 @@ async def test_async_stream_helper(gateway: Gateway, model: str) -> None:
     assert final.content[0].text == rec.text
 
 
-def test_an_idle_stream_sends_anthropic_ping_events(gateway: Gateway) -> None:
+def test_an_idle_stream_sends_anthropic_ping_events(
+    tmp_path: Path, mock_upstream: MockUpstream
+) -> None:
+    settings = Settings.from_options(
+        model_map=model_map(tmp_path / "models.toml", mock_upstream), heartbeat=0.1
+    )
     body = {
         "model": "mock",
         "max_tokens": 64,
-        "messages": user("p1 [[tokens:3]] [[interval_ms:700]]"),
+        "messages": user("p1 [[tokens:3]] [[interval_ms:400]]"),
     }
-    response, events = raw_stream(gateway, body)
+    with run_server(create_app(settings)) as server:
+        response, events = raw_stream(Gateway(server.url, mock_upstream), body)
     assert response.status_code == 200
     pings = [e for e in events if e.event == "ping"]
-    assert pings, [e.event for e in events]
     assert all(json.loads(p.data or "") == {"type": "ping"} for p in pings)
+    # Heartbeats have no id (the usage report's ping has one).
+    assert response.content.count(b'event: ping\ndata: {"type":"ping"}\n\n') >= 2
     assert texts(events) == "tok0 tok1 tok2 "
     assert events[-1].event == "message_stop"
 
