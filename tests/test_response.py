@@ -189,6 +189,25 @@ def test_heartbeat_from_the_first_byte_while_idle() -> None:
         assert _read_until(chunks, b": ping") == b": ping\n\n"
 
 
+def test_the_heartbeat_may_be_an_event() -> None:
+    async def events() -> AsyncIterator[str]:
+        await anyio.sleep_forever()
+        yield "never"
+
+    ping = ServerSentEvent(data='{"type":"ping"}', event="ping")
+    options = EventStreamOptions(ping_interval=0.2, ping_event=ping)
+
+    async def endpoint(request: Request) -> Response:
+        return EventSourceResponse(events(), options=options)
+
+    with run_server(_app(endpoint)) as srv, httpx.stream("GET", srv.url) as response:
+        chunks = response.iter_raw()
+        assert next(chunks) == b'event: ping\ndata: {"type":"ping"}\n\n'
+        assert next(chunks) == b'event: ping\ndata: {"type":"ping"}\n\n'
+    with pytest.raises(TypeError, match="ping_event"):
+        EventStreamOptions(ping_event=": ping")  # type: ignore[arg-type]
+
+
 def test_heartbeat_after_silence_between_events() -> None:
     go = anyio.Event()
 

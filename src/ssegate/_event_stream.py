@@ -113,6 +113,8 @@ class EventStreamOptions:
         if not self.close_timeout >= 0:
             raise ValueError("close_timeout must be >= 0")
         encode_comment(self.ping_comment)  # refuse a comment that cannot be encoded
+        if self.ping_event is not None and not isinstance(self.ping_event, ServerSentEvent):
+            raise TypeError("ping_event must be a ServerSentEvent or None")
 
 
 def _item_bytes(item: object) -> bytes:
