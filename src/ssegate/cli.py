@@ -18,6 +18,7 @@ from .gateway import Settings, run
 from .gateway._auth import bind_refusal
 from .gateway._keys import split_key_entries
 from .gateway._options import OptionSpec, option_specs
+from .gateway._workers import workers_refusal
 
 __all__ = ["main", "serve_settings"]
 
@@ -100,7 +101,7 @@ def _settings(options: dict[str, Any]) -> Settings:
 def serve(**options: Any) -> None:
     """Run the gateway (uvicorn with uvloop and httptools)."""
     settings = _settings(options)
-    refusal = bind_refusal(settings)
+    refusal = bind_refusal(settings) or workers_refusal(settings)
     if refusal is not None:
         click.echo(f"Error: {refusal}", err=True)
         sys.exit(2)

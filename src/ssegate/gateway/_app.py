@@ -6,6 +6,7 @@ import contextlib
 import gc
 import logging
 import logging.config
+import os
 import signal
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -37,6 +38,7 @@ from ._quota import RateLimiter, StreamQuota
 from ._settings import Settings
 from ._state import GatewayState
 from ._tokens import ReadTokens
+from ._workers import WORKER_HEADER, supervise, worker_shares, workers_refusal
 from .routes import (
     anthropic_router,
     document,
@@ -258,19 +260,56 @@ class _GatewayServer(ShutdownAwareServer):
 def run(settings: Settings) -> int:
     """Serve the gateway until SIGINT/SIGTERM; return the exit code."""
     server_config, log_level = settings.server, settings.logging.level
-    log_config = logging_config(log_level, json=settings.logging.json)
-    logging.config.dictConfig(log_config)
+    logging.config.dictConfig(logging_config(log_level, json=settings.logging.json))
     try:
         app = create_app(settings)
     except ValueError as exc:
         log.error("%s", exc)
         return 2
-    config = uvicorn.Config(
+    refusal = workers_refusal(settings)
+    if refusal is not None:
+        log.error("%s", refusal)
+        return 2
+    problem = _check_store(settings)
+    if problem is not None:
+        log.error("cannot start: %s", problem)
+        return 1
+    workers = server_config.workers
+    config = _uvicorn_config(app, settings)
+    try:
+        sockets = listening_sockets(
+            server_config.host,
+            server_config.port,
+            server_config.listeners * workers,
+            backlog=config.backlog,
+        )
+    except OSError as exc:
+        log.error("cannot listen on %s:%s: %s", server_config.host, server_config.port, exc)
+        return 1
+    _tune_gc()
+    try:
+        if workers == 1:
+            return _serve(config, app, settings, sockets)
+        return supervise(
+            worker_shares(sockets, workers),
+            lambda share: _serve(_worker_config(app, settings), app, settings, share),
+            stop_timeout=server_config.drain_timeout + 15,
+        )
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _uvicorn_config(
+    app: FastAPI, settings: Settings, headers: list[tuple[str, str]] | None = None
+) -> uvicorn.Config:
+    server_config, log_level = settings.server, settings.logging.level
+    return uvicorn.Config(
         app,
         host=server_config.host,
         port=server_config.port,
         log_level=log_level,
-        log_config=log_config,
+        log_config=logging_config(log_level, json=settings.logging.json),
         loop="uvloop",
         http=bounded_http_protocol(
             DEFAULT_MAX_HEAD_BYTES,
@@ -279,26 +318,20 @@ def run(settings: Settings) -> int:
         ),
         lifespan="on",
         timeout_graceful_shutdown=int(server_config.drain_timeout) + 10,
+        headers=headers,
     )
-    problem = _check_store(settings)
-    if problem is not None:
-        log.error("cannot start: %s", problem)
-        return 1
-    server = _GatewayServer(config, app, server_config.drain_timeout)
-    try:
-        sockets = listening_sockets(
-            server_config.host, server_config.port, server_config.listeners, backlog=config.backlog
-        )
-    except OSError as exc:
-        log.error("cannot listen on %s:%s: %s", server_config.host, server_config.port, exc)
-        return 1
-    _tune_gc()
-    try:
-        with _asyncio_declared():
-            server.run(sockets=sockets)
-    finally:
-        for sock in sockets:
-            sock.close()
+
+
+def _worker_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
+    """A worker's config: every response says which process answered it."""
+    return _uvicorn_config(app, settings, [(WORKER_HEADER, str(os.getpid()))])
+
+
+def _serve(config: uvicorn.Config, app: FastAPI, settings: Settings, sockets: list[Any]) -> int:
+    """Run one gateway process on ``sockets``; the exit code."""
+    server = _GatewayServer(config, app, settings.server.drain_timeout)
+    with _asyncio_declared():
+        server.run(sockets=sockets)
     return 0 if server.started else 1
 
 

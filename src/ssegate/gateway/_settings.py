@@ -67,6 +67,14 @@ class ServerConfig:
         minimum=1,
         maximum=256,
     )
+    workers: int = option(
+        1,
+        "Worker processes serving the port, each a gateway on the shared store (needs Redis: "
+        "with the memory store a stream is visible to its own worker only). A worker that "
+        "dies stops the others and the command exits 1 (docs/scaling.md).",
+        minimum=1,
+        maximum=64,
+    )
     ui_chat_path: str = option(
         "/v1/ui/chat",
         "Path of the Vercel AI SDK's useChat endpoint (docs/ai-sdk.md); under /v1/, where API "
