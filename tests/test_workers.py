@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -258,3 +260,34 @@ def test_the_memory_store_with_two_workers_is_refused_in_one_line() -> None:
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("Error: --workers 2 needs a shared store (--store redis://…)")
     assert "invisible to the others" in lines[0]
+
+
+async def test_port_0_gives_both_workers_the_one_port_the_parent_picked(
+    redis_server: RedisServer, mock: MockUpstream
+) -> None:
+    gw = workers_gateway(mock, redis_server, "--port", "0")  # the last --port wins
+    running = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
+    with running_gateways(gw):
+        match = running.search(gw.log)  # start() returned: the first worker said it
+        assert match is not None, gw.log
+        port = int(match.group(1))
+        assert port != 0
+        async with one_client_per_worker(f"http://127.0.0.1:{port}") as clients:
+            assert len(clients) == 2
+    assert running.findall(gw.log) == [str(port)] * 2, gw.log
+
+
+def test_a_port_in_use_fails_before_any_worker_starts(redis_server: RedisServer) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = ["serve", "--workers", "2", "--port", str(port), "--store", redis_server.url]
+        done = subprocess.run(
+            [sys.executable, "-m", "ssegate", *argv], capture_output=True, text=True, timeout=60
+        )
+    assert done.returncode == 1
+    output = done.stdout + done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in output
+    assert "Address already in use" in output
+    assert "workers serving" not in output
