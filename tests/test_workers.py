@@ -9,17 +9,19 @@ these tests send one request to worker A and the next to worker B.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import secrets
+import select
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +60,32 @@ def workers_gateway(mock: MockUpstream, redis: RedisServer, *extra: str) -> Gate
     )
 
 
+@contextmanager
+def running_workers(gw: GatewayProcess) -> Iterator[GatewayProcess]:
+    """Start ``gw``; at the end, stop it (SIGTERM, at most 60 s) and SIGKILL any worker left.
+
+    A worker outliving its parent keeps the gateway's output pipe open, and closing a pipe
+    another thread still reads blocks: a test whose workers failed to stop must fail, not hang.
+    """
+    with running_gateways(gw):
+        assert gw.proc is not None
+        try:
+            yield gw
+        finally:
+            if gw.alive():
+                gw.signal(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    gw.proc.wait(60)
+            forked = re.search(r"workers serving, pids ([\d ]+)", gw.log)
+            for pid in map(int, forked.group(1).split() if forked else ()):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
 @pytest.fixture(scope="module")
 def gateway(redis_server: RedisServer, mock_upstream: MockUpstream) -> Iterator[GatewayProcess]:
     """One two-worker gateway for the module's cross-worker tests."""
-    with running_gateways(workers_gateway(mock_upstream, redis_server)) as (gw,):
+    with running_workers(workers_gateway(mock_upstream, redis_server)) as gw:
         yield gw
 
 
@@ -125,8 +149,17 @@ def parent_of(pid: int) -> int:
     return int(stat.rsplit(")", 1)[1].split()[1])
 
 
-def gone(pid: int) -> bool:
-    return not Path(f"/proc/{pid}").exists()
+def exits_within(pid: int, seconds: float) -> bool:
+    """Whether process ``pid`` has exited, or does within ``seconds`` (a pidfd turns readable
+    when it exits: no polling)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], seconds)[0])
+    finally:
+        os.close(fd)
 
 
 async def test_both_workers_answer_on_the_one_port_as_children_of_the_command(
@@ -208,7 +241,7 @@ async def test_delete_on_one_worker_stops_the_other_workers_upstream_request_wit
 async def test_sigterm_drains_every_worker_and_exits_0_leaving_no_process(
     redis_server: RedisServer, mock: MockUpstream
 ) -> None:
-    with running_gateways(workers_gateway(mock, redis_server, "--drain-timeout", "20")) as (gw,):
+    with running_workers(workers_gateway(mock, redis_server, "--drain-timeout", "20")) as gw:
         assert gw.proc is not None
         async with one_client_per_worker(gw.url) as clients:
             (a, on_a), (b, _) = clients.items()
@@ -228,8 +261,8 @@ async def test_sigterm_drains_every_worker_and_exits_0_leaving_no_process(
         assert got[-1][1:] == ("done", {"finish_reason": "stop"})
         code = await anyio.to_thread.run_sync(gw.wait, 30)
         assert code == 0, gw.log
-        assert gone(a), gw.log
-        assert gone(b), gw.log
+        assert exits_within(a, 0), gw.log
+        assert exits_within(b, 0), gw.log
         assert "stopping 2 worker(s): SIGTERM" in gw.log
         assert "exited unasked" not in gw.log
 
@@ -237,14 +270,14 @@ async def test_sigterm_drains_every_worker_and_exits_0_leaving_no_process(
 async def test_a_worker_that_dies_is_reported_and_the_command_exits_1(
     redis_server: RedisServer, mock: MockUpstream
 ) -> None:
-    with running_gateways(workers_gateway(mock, redis_server)) as (gw,):
+    with running_workers(workers_gateway(mock, redis_server)) as gw:
         async with one_client_per_worker(gw.url) as clients:
             a, b = clients
         os.kill(a, signal.SIGKILL)
         code = await anyio.to_thread.run_sync(gw.wait, 30)
         assert code == 1, gw.log
         assert f"(pid {a}) exited unasked: killed by SIGKILL" in gw.log
-        assert gone(b), gw.log  # the other worker was stopped, not left behind
+        assert exits_within(b, 0), gw.log  # the other worker was stopped, not left behind
 
 
 def test_the_memory_store_with_two_workers_is_refused_in_one_line() -> None:
@@ -262,12 +295,40 @@ def test_the_memory_store_with_two_workers_is_refused_in_one_line() -> None:
     assert "invisible to the others" in lines[0]
 
 
+async def test_a_worker_that_does_not_stop_is_killed_after_the_drain_timeout_plus_15_s(
+    redis_server: RedisServer, mock: MockUpstream
+) -> None:
+    with running_workers(workers_gateway(mock, redis_server, "--drain-timeout", "0")) as gw:
+        async with one_client_per_worker(gw.url) as clients:
+            a, b = clients
+        os.kill(a, signal.SIGSTOP)  # A can't handle the SIGTERM its parent passes on
+        gw.signal(signal.SIGTERM)
+        asked = time.monotonic()
+        code = await anyio.to_thread.run_sync(gw.wait, 40)
+        assert 15 <= time.monotonic() - asked < 30
+        assert code == 1, gw.log
+        assert f"worker pid {a} did not stop within 15 s: killed" in gw.log
+        assert exits_within(a, 0), gw.log
+        assert exits_within(b, 0), gw.log
+
+
+async def test_workers_stop_when_the_parent_is_killed(
+    redis_server: RedisServer, mock: MockUpstream
+) -> None:
+    with running_workers(workers_gateway(mock, redis_server)) as gw:
+        async with one_client_per_worker(gw.url) as clients:
+            a, b = clients
+        gw.signal(signal.SIGKILL)  # no chance to stop them: the kernel tells them (SIGTERM)
+        assert await anyio.to_thread.run_sync(exits_within, a, 20), gw.log
+        assert await anyio.to_thread.run_sync(exits_within, b, 20), gw.log
+
+
 async def test_port_0_gives_both_workers_the_one_port_the_parent_picked(
     redis_server: RedisServer, mock: MockUpstream
 ) -> None:
     gw = workers_gateway(mock, redis_server, "--port", "0")  # the last --port wins
     running = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
-    with running_gateways(gw):
+    with running_workers(gw):
         match = running.search(gw.log)  # start() returned: the first worker said it
         assert match is not None, gw.log
         port = int(match.group(1))

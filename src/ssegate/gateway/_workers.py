@@ -16,6 +16,9 @@ The parent only supervises:
   loop inside the parent would hide a worker that dies at every start.
 * Stopping is bounded: a worker still running ``stop_timeout`` seconds after it was asked to
   stop is killed (SIGKILL), and the exit is 1.
+* A parent killed outright (SIGKILL, Linux): the kernel sends every worker SIGTERM
+  (``PR_SET_PDEATHSIG``), so none outlives the command holding the port.
+* A worker that cannot be forked: the ones started are stopped, and the exit is 1.
 
 Workers share nothing but the store: each is a full gateway instance, so ``--workers`` needs a
 shared store (Redis), exactly as several machines do. Each response carries
@@ -24,6 +27,7 @@ shared store (Redis), exactly as several machines do. Each response carries
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import os
@@ -43,6 +47,7 @@ log = logging.getLogger("ssegate.gateway")
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _CLEAN_EXITS = (0, -signal.SIGTERM, -signal.SIGINT)
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def workers_refusal(settings: Settings) -> str | None:
@@ -119,23 +124,30 @@ def supervise(
     """Fork one worker per share of sockets, each running ``serve_worker(share)`` (its return
     value is the worker's exit code); supervise them as the module says; the exit code."""
     supervisor = _Supervisor(stop_timeout)
+    every = [sock for share in shares for sock in share]
+    parent = os.getpid()
+    previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
     # Block the stop signals while forking: a child must never run the parent's handler.
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
-        previous = {sig: signal.signal(sig, supervisor.on_signal) for sig in _STOP_SIGNALS}
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, supervisor.on_signal)
         for number, share in enumerate(shares, start=1):
-            pid = os.fork()
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                log.error("cannot start worker %d: %s", number, exc)
+                supervisor.failed = True
+                supervisor.stop(f"worker {number} could not start")
+                break
             if pid == 0:  # pragma: no cover - the worker; its coverage is its own process's
-                _run_worker(share, [s for other in shares for s in other], serve_worker)
+                _run_worker(parent, share, every, serve_worker)
             supervisor.children[pid] = number
-        for share in shares:
-            for sock in share:
-                sock.close()
-        log.info(
-            "%d workers serving, pids %s",
-            len(shares),
-            " ".join(str(pid) for pid in supervisor.children),
-        )
+        for sock in every:
+            sock.close()
+        if not supervisor.stopping:
+            pids = " ".join(str(pid) for pid in supervisor.children)
+            log.info("%d workers serving, pids %s", len(shares), pids)
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     try:
@@ -147,16 +159,18 @@ def supervise(
 
 
 def _run_worker(
+    parent: int,
     share: list[socket.socket],
     every: list[socket.socket],
     serve_worker: Callable[[list[socket.socket]], int],
 ) -> None:  # pragma: no cover - runs in the forked worker
-    """The forked worker's whole life: default signals, only its own sockets open, serve,
-    exit without returning."""
+    """The forked worker's whole life: default signals, stopped with its parent, only its own
+    sockets open, serve, exit without returning."""
     code = 1
     try:
         for sig in _STOP_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
+        _stop_with(parent)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         for sock in every:
             if sock not in share:
@@ -168,6 +182,18 @@ def _run_worker(
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def _stop_with(parent: int) -> None:  # pragma: no cover - runs in the forked worker
+    """Linux: have the kernel send this worker SIGTERM when its parent dies, even by SIGKILL,
+    so no worker outlives the command holding the port (it drains, then exits)."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG): %s", os.strerror(ctypes.get_errno()))
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _signal(pid: int, sig: int) -> None:
