@@ -92,7 +92,7 @@ def _table(records: list[dict[str, Any]], workers: Sequence[int], streams: int) 
         return statistics.median(values)
 
     lines = [
-        f"| --workers | tok/s @{streams} | each run | tok/CPU-s @{streams} | CPUs: gateway "
+        f"| --workers | tok/s @{streams} | each repetition | tok/CPU-s @{streams} | CPUs: gateway "
         "| load gen + mock | redis | paced p50 ms | paced p99 ms | errors |",
         "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]

@@ -32,6 +32,8 @@ import pytest
 
 from instance_helpers import GatewayProcess, RedisServer, running_gateways
 from ssegate import Decoder
+from ssegate.gateway._workers import worker_shares
+from ssegate.server import listening_sockets
 from ssegate.testing import MockRequest, MockUpstream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
@@ -352,3 +354,15 @@ def test_a_port_in_use_fails_before_any_worker_starts(redis_server: RedisServer)
     assert f"cannot listen on 127.0.0.1:{port}" in output
     assert "Address already in use" in output
     assert "workers serving" not in output
+
+
+def test_each_worker_gets_its_own_share_of_the_sockets_or_all_when_there_are_fewer() -> None:
+    sockets = listening_sockets("127.0.0.1", 0, 6)
+    try:
+        shares = worker_shares(sockets, 3)
+        assert [len(share) for share in shares] == [2, 2, 2]
+        assert sorted(map(id, (s for share in shares for s in share))) == sorted(map(id, sockets))
+        assert worker_shares(sockets[:1], 2) == [sockets[:1], sockets[:1]]
+    finally:
+        for sock in sockets:
+            sock.close()
