@@ -366,3 +366,19 @@ def test_each_worker_gets_its_own_share_of_the_sockets_or_all_when_there_are_few
     finally:
         for sock in sockets:
             sock.close()
+
+
+def test_the_workers_benchmark_runs_with_tiny_counts_and_every_event_intact() -> None:
+    root = Path(__file__).resolve().parent.parent
+    argv = ["--reps", "1", "--streams", "4", "--tokens", "20", "--paced-seconds", "0.5"]
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks._workers", *argv],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split("|") for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert [row[1].strip() for row in rows[1:]] == ["1", "2"], done.stdout
+    assert all(row[-2].strip() == "0" for row in rows[1:]), done.stdout  # errors: none
