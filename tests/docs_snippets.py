@@ -325,12 +325,13 @@ _docs_serve() {
 curl() {  # as it is, plus a note on stderr of the HTTP status it got
   command curl -w '%{stderr}\036docs-test-http %{http_code} %{url_effective}\n' "$@"
 }
-make() {
+make() {  # as a reader runs it: not with the variables of a `make test` around the tests
   if [[ "${1:-}" == serve ]]; then
-    _docs_serve make --no-print-directory -C "$DOCS_TEST_REPO" "$@" \
-      HOST=127.0.0.1 "PORT=$DOCS_TEST_PORT"
+    _docs_serve env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u ARGS \
+      make --no-print-directory -C "$DOCS_TEST_REPO" "$@" HOST=127.0.0.1 "PORT=$DOCS_TEST_PORT"
   else
-    command make --no-print-directory -C "$DOCS_TEST_REPO" -n "$@" >&2
+    env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u ARGS \
+      make --no-print-directory -C "$DOCS_TEST_REPO" -n "$@" >&2
   fi
 }
 ssegate() {
