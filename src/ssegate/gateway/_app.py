@@ -46,6 +46,7 @@ from .routes import (
     openai_router,
     ops_router,
     pages_router,
+    responses_router,
     streams_router,
     ui_chat_router,
 )
@@ -201,6 +202,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(streams_router)
     app.include_router(openai_router)
     app.include_router(anthropic_router())
+    app.include_router(responses_router)
     app.include_router(ui_chat_router(settings.server.ui_chat_path))
     app.include_router(pages_router)
     document(app)  # /openapi.json lists the statuses the routes really answer

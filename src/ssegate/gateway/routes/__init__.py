@@ -2,6 +2,7 @@
 
 from ._anthropic import anthropic_router
 from ._learn import router as learn_router
+from ._oai_responses import responses_router
 from ._openai import router as openai_router
 from ._ops import router as ops_router
 from ._pages import router as pages_router
@@ -16,6 +17,7 @@ __all__ = [
     "openai_router",
     "ops_router",
     "pages_router",
+    "responses_router",
     "streams_router",
     "ui_chat_router",
 ]

@@ -1,0 +1,246 @@
+"""The Responses API door's plumbing: starting a generation, and reading a stored stream back
+as Responses events (live, resumed after a sequence number, or gathered into one object)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+import anyio
+import orjson
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from ...codec import ServerSentEvent, encode
+from ...providers import ChatRequest
+from ...store import TERMINAL_EVENTS, StoredEvent, StoreError, StreamInfo
+from .._auth import GatewaySecurity
+from .._event_streams import TrackedEventSourceResponse
+from .._limits import PromptLimitError, check_prompt
+from .._models import ModelRoute, UnknownModelError
+from .._state import GatewayState
+from ._oai_responses_events import Event, ResponseEvents, event_data
+from ._openai_errors import OpenAIError, stream_headers
+
+__all__ = [
+    "ResponseStream",
+    "check_messages",
+    "gather",
+    "resolve",
+    "start_response",
+    "wait_disconnect_or_end",
+]
+
+_FIRST_EVENT_WAIT = 10.0
+_READ_BATCH = 256
+
+
+def resolve(state: GatewayState, name: str | None) -> ModelRoute:
+    """The model's route, or OpenAI's 404 ``model_not_found``."""
+    try:
+        return state.models.resolve(name)
+    except UnknownModelError:
+        message = f"The model `{name}` does not exist or you do not have access to it."
+        raise OpenAIError(404, message, param="model", code="model_not_found") from None
+
+
+def check_messages(state: GatewayState, chat: ChatRequest) -> None:
+    """The gateway's prompt limits, as OpenAI's 400 (the SDK's ``BadRequestError``)."""
+    limits = state.settings.limits
+    try:
+        check_prompt(
+            chat.messages, max_messages=limits.max_messages, max_chars=limits.max_prompt_chars
+        )
+    except PromptLimitError as exc:
+        raise OpenAIError(400, exc.message, code=exc.code, param="input") from None
+
+
+async def start_response(
+    state: GatewayState,
+    security: GatewaySecurity,
+    route: ModelRoute,
+    chat: ChatRequest,
+    *,
+    owner: str | None,
+    on_disconnect: str,
+    echo: dict[str, Any],
+) -> StreamInfo:
+    """Start the generation; its ``start`` event carries ``echo`` under ``responses``."""
+    if state.draining:
+        raise OpenAIError(
+            503,
+            "The gateway is shutting down.",
+            code="shutting_down",
+            retryable=True,
+            headers={"Retry-After": "1"},
+        )
+    settings = state.settings
+    content_log = security.content_log
+    logged = content_log.wrap(route.provider) if content_log is not None else None
+    # ShuttingDownError and StoreFullError are SsegateErrors: OpenAIRoute answers them (503).
+    with security.quota.reserve(owner):
+        info = await state.jobs.start(
+            logged or route.provider,
+            chat,
+            model_label=route.name,
+            start_extra=lambda _: {"responses": echo},
+            owner=owner,
+            on_disconnect="continue" if on_disconnect == "continue" else "cancel",
+            grace=settings.streams.disconnect_grace,
+            max_duration=settings.streams.max_stream_duration,
+        )
+    if content_log is not None and logged is not None:
+        logged.stream_id = info.id  # before the job's task first runs
+        content_log.prompt(info.id, owner, chat.messages)
+    return info
+
+
+def _encoded(events: list[Event], after: int) -> bytes:
+    return b"".join(
+        encode(ServerSentEvent(data=orjson.dumps(e).decode(), event=e["type"]))
+        for e in events
+        if e["sequence_number"] > after
+    )
+
+
+def _error_event(events: ResponseEvents, code: str, message: str) -> bytes:
+    # Not one of the stream's numbered events: it says why the body ends early.
+    events.finished = True
+    data = {
+        "type": "error",
+        "code": code,
+        "message": message,
+        "param": None,
+        "sequence_number": events.next_sequence_number,
+    }
+    return encode(ServerSentEvent(data=orjson.dumps(data).decode(), event="error"))
+
+
+async def _first_events(state: GatewayState, stream_id: str, wait: float) -> list[StoredEvent]:
+    """The events up to the first one after ``start``, waiting at most ``wait`` seconds."""
+    head: list[StoredEvent] = []
+    with anyio.move_on_after(wait):
+        async with aclosing(state.store.follow(stream_id, 0)) as events:
+            async for event in events:
+                head.append(event)
+                if event.event != "start":
+                    break
+    return head
+
+
+async def _body(
+    state: GatewayState,
+    stream_id: str,
+    head: list[StoredEvent],
+    events: ResponseEvents,
+    after: int,
+) -> AsyncIterator[bytes]:
+    for event in head:
+        if chunk := _encoded(events.translate(event), after):
+            yield chunk
+    if events.finished:
+        return
+    try:
+        async with aclosing(state.store.follow(stream_id, head[-1].id if head else 0)) as stored:
+            async for event in stored:
+                if chunk := _encoded(events.translate(event), after):
+                    yield chunk
+    except StoreError as exc:  # gap, producer lost, deleted, store down
+        yield _error_event(events, exc.code, exc.message)
+    if not events.finished:
+        yield _error_event(events, "incomplete", "The stream ended early.")
+
+
+class ResponseStream(Response):
+    """A stream of Responses events after sequence number ``after`` (-1: all of them).
+
+    With ``hold`` (a new response), the HTTP status waits for the first event after
+    ``start`` (up to ``_FIRST_EVENT_WAIT``), so an upstream that refuses at once is an HTTP
+    error the SDK raises as its own class. Counted as one subscriber throughout.
+    """
+
+    def __init__(
+        self,
+        state: GatewayState,
+        security: GatewaySecurity,
+        stream_id: str,
+        *,
+        after: int = -1,
+        hold: bool = False,
+    ) -> None:
+        super().__init__(status_code=200)
+        self._state = state
+        self._security = security
+        self._stream_id = stream_id
+        self._after = after
+        self._hold = hold
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state, stream_id = self._state, self._stream_id
+        interval = state.settings.streams.heartbeat_interval or None
+        wait = min(_FIRST_EVENT_WAIT, interval or _FIRST_EVENT_WAIT)
+        async with state.store.subscriber(stream_id):
+            response: Response
+            head: list[StoredEvent] = []
+            try:
+                if self._hold:
+                    head = await _first_events(state, stream_id, wait)
+            except StoreError as exc:
+                response = OpenAIError.from_gateway(exc.to_dict()).response(stream_id)
+            else:
+                if head and head[-1].event == "error":
+                    error = OpenAIError.from_gateway(event_data(head[-1]))
+                    response = error.response(stream_id)
+                else:
+                    settings = state.settings
+                    response = TrackedEventSourceResponse(
+                        _body(state, stream_id, head, ResponseEvents(stream_id), self._after),
+                        headers=stream_headers(stream_id),
+                        ping_interval=interval,
+                        retry=None,
+                        send_timeout=settings.streams.send_timeout or None,
+                        shutdown=state.shutdown,
+                        tracker=self._security.event_streams,
+                    )
+            await response(scope, receive, send)
+
+
+async def gather(state: GatewayState, stream_id: str) -> tuple[ResponseEvents, dict[str, Any]]:
+    """The stream's kept events translated, without waiting: the translator (its
+    ``response()`` is the object as it stands) and the gateway error it ended with, if any."""
+    events = ResponseEvents(stream_id)
+    error: dict[str, Any] = {}
+    after = 0
+    while True:
+        kept = await state.store.read(stream_id, after, _READ_BATCH)
+        for event in kept:
+            events.translate(event)
+            if event.event == "error":
+                error = event_data(event)
+        if not kept or kept[-1].event in TERMINAL_EVENTS:
+            return events, error
+        after = kept[-1].id
+
+
+async def wait_disconnect_or_end(state: GatewayState, stream_id: str, receive: Receive) -> bool:
+    """Follow the stream to its end as one subscriber; ``False`` if the client left first
+    (which stops the subscription, so ``on_disconnect`` applies as for a stream)."""
+    finished = False
+    async with state.store.subscriber(stream_id), anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watch)
+        try:
+            async with aclosing(state.store.follow(stream_id, 0)) as events:
+                async for _ in events:
+                    pass
+        except StoreError:
+            pass  # gather() reads what is kept and says how it ended
+        finished = True
+        tg.cancel_scope.cancel()
+    return finished
