@@ -32,7 +32,12 @@ from ...store import StoredEvent, StoreError, StreamInfo, StreamNotFoundError, S
 from .._auth import caller_of, security_of
 from .._state import GatewayState, state_of
 from ._oai_responses_events import ResponseEvents
-from ._oai_responses_schema import ResponsesRequest, chat_request, request_echo
+from ._oai_responses_schema import (
+    PlainLocations,
+    ResponsesRequest,
+    chat_request,
+    request_echo,
+)
 from ._oai_responses_stream import (
     ResponseStream,
     check_messages,
@@ -52,7 +57,12 @@ _ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,200}$"
 _ID = re.compile(_ID_PATTERN[1:-1])
 ResponseId = Annotated[str, Path(min_length=1, max_length=200, pattern=_ID_PATTERN)]
 
-responses_router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute)
+
+class _ResponsesRoute(OpenAIRoute, PlainLocations):
+    """OpenAI's error shape, with params named as OpenAI names them."""
+
+
+responses_router = APIRouter(prefix="/v1", tags=["openai"], route_class=_ResponsesRoute)
 
 _RESPONSE = {
     "description": "A response object, or with stream: true the Responses API's events",

@@ -12,16 +12,21 @@ sends back are dropped (no upstream of the gateway takes them back).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, Literal
 
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from starlette.responses import Response
 
 from ...providers import ChatRequest
 from .._models import ModelRoute
 from ._json_values import MAX_INTEGER, WHOLE, JsonValue, check_json_values
 from ._openai_errors import OpenAIError
 
-__all__ = ["ResponsesRequest", "chat_request", "request_echo"]
+__all__ = ["PlainLocations", "ResponsesRequest", "chat_request", "request_echo"]
 
 _TEXT_PART = {"input_text", "output_text"}
 
@@ -317,3 +322,47 @@ def request_echo(body: ResponsesRequest) -> dict[str, Any]:
         "store": body.store,
         "user": body.user,
     }
+
+
+def _field_names(model: type[BaseModel], names: set[str], seen: set[type[BaseModel]]) -> set[str]:
+    seen.add(model)
+    for name, info in model.model_fields.items():
+        names.add(name)
+        for kind in _models_in(info.annotation):
+            if kind not in seen:
+                _field_names(kind, names, seen)
+    return names
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in getattr(annotation, "__args__", ()) for m in _models_in(arg)]
+
+
+#: The names a location may hold: the fields of the request and of every model in it.
+_FIELDS = _field_names(ResponsesRequest, set(), set())
+
+
+def _plain(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``loc`` without pydantic's union branch names (``str``, ``list[...]``, tags), so the
+    param reads as OpenAI names it: ``input[0].content[0]``."""
+    return tuple(p for p in loc if isinstance(p, int) or p == "body" or p in _FIELDS)
+
+
+class PlainLocations(APIRoute):
+    """Validation errors with plain locations, the deepest first (for a union, the branch
+    that got furthest says best what is wrong); put before ``OpenAIRoute`` in the bases."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def plain_handler(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                errors = [{**e, "loc": _plain(tuple(e.get("loc", ())))} for e in exc.errors()]
+                errors.sort(key=lambda e: -len(e["loc"]))
+                raise RequestValidationError(errors, body=exc.body) from None
+
+        return plain_handler
