@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,6 +96,15 @@ def client(gateway: Gateway) -> Iterator[OpenAI]:
         yield sdk
 
 
+def strict(stream: Iterable[Any]) -> list[Any]:
+    """The SDK's events, each checked strictly against ``ResponseStreamEvent`` as it was sent
+    (``exclude_unset``: the fields on the wire)."""
+    out = list(stream)
+    for event in out:
+        EVENT.validate_python(event.model_dump(mode="json", exclude_unset=True), strict=True)
+    return out
+
+
 def texts(events: list[Any]) -> str:
     return "".join(e.delta for e in events if e.type == "response.output_text.delta")
 
@@ -108,7 +117,7 @@ def test_a_streamed_response_is_the_sdks_typed_events_in_order(
     gateway: Gateway, client: OpenAI, model: str
 ) -> None:
     marker = f"s1{model} "
-    events = list(
+    events = strict(
         client.responses.create(
             model=model, input=marker + "[[tokens:6]] [[lang:mixed]]", stream=True
         )
@@ -214,7 +223,7 @@ def test_background_then_resume_after_every_sequence_number(
     assert started.status == "in_progress"
     assert started.background
     # While it runs: reconnect after every few events, from the last one seen.
-    seen: list[Any] = []
+    seen: list[Any] = []  # checked strictly below, with every resume
     while not seen or seen[-1].type != "response.completed":
         after = seen[-1].sequence_number if seen else None
         extra = {} if after is None else {"starting_after": after}
@@ -229,7 +238,7 @@ def test_background_then_resume_after_every_sequence_number(
     whole = [e.model_dump() for e in seen]
     # Finished: every starting_after gives exactly the rest.
     for n in range(len(whole)):
-        rest = list(client.responses.retrieve(started.id, stream=True, starting_after=n))
+        rest = strict(client.responses.retrieve(started.id, stream=True, starting_after=n))
         assert [e.model_dump() for e in rest] == whole[n + 1 :], n
     retrieved = client.responses.retrieve(started.id)
     assert retrieved.status == "completed"
@@ -264,7 +273,7 @@ def test_cancel_closes_the_upstream_request_within_half_a_second(
     assert rec.cancelled
     assert rec.tokens_sent < 1000
     assert cancelled.status == "cancelled"
-    events = list(client.responses.retrieve(started.id, stream=True))
+    events = strict(client.responses.retrieve(started.id, stream=True))
     assert events[-1].type == "response.failed"
     assert events[-1].response.status == "cancelled"
     assert client.responses.retrieve(started.id).status == "cancelled"
@@ -379,7 +388,7 @@ def test_upstream_faults_end_in_an_error_never_a_hang(
             list(client.responses.create(**request, timeout=10))
         assert raised.value.status_code == status
         return
-    events = list(client.responses.create(**request, timeout=10))
+    events = strict(client.responses.create(**request, timeout=10))
     assert texts(events)  # some text came before the fault
     assert events[-1].type == "response.failed"
     assert events[-1].response.status == "failed"

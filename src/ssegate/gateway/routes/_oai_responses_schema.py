@@ -160,6 +160,11 @@ class TextConfig(BaseModel):
     verbosity: Literal["low", "medium", "high"] | None = None
 
 
+#: What ``_messages`` checks, said in the schema: some item is not a reasoning item.
+_NOT_ONLY_REASONING: dict[str, Any] = {
+    "contains": {"not": {"required": ["type"], "properties": {"type": {"const": "reasoning"}}}}
+}
+
 _Metadata = Annotated[
     dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]],
     Field(max_length=16),
@@ -171,7 +176,9 @@ class ResponsesRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    input: str | Annotated[list[InputItem], Field(min_length=1)]
+    input: (
+        str | Annotated[list[InputItem], Field(min_length=1, json_schema_extra=_NOT_ONLY_REASONING)]
+    )
     model: str | None = Field(default=None, min_length=1, max_length=200)
     instructions: str | None = None
     max_output_tokens: Annotated[int, Field(ge=1, le=MAX_INTEGER), WHOLE] | None = None
@@ -238,7 +245,7 @@ def _messages(body: ResponsesRequest) -> list[dict[str, Any]]:
         elif isinstance(item, FunctionCallOutputItem):
             output = item.output if isinstance(item.output, str) else _text(item.output)
             messages.append({"role": "tool", "tool_call_id": item.call_id, "content": output})
-    if not any(m["role"] != "system" for m in messages):
+    if all(isinstance(item, ReasoningItem) for item in body.input):
         raise OpenAIError(
             400, "input must hold at least one message or tool output.", param="input"
         )
