@@ -153,8 +153,9 @@ def test_a_streamed_response_is_the_sdks_typed_events_in_order(
     assert gateway.status(final.response.id)["status"] == "done"
 
 
-def test_every_event_on_the_wire_validates_strictly(gateway: Gateway) -> None:
-    body = {"model": "mock", "input": "w1 [[tokens:3]] [[reasoning:2]]", "stream": True}
+@pytest.mark.parametrize("model", ["mock", "claude"])
+def test_every_event_on_the_wire_validates_strictly(gateway: Gateway, model: str) -> None:
+    body = {"model": model, "input": "w1 [[tokens:3]] [[reasoning:2]]", "stream": True}
     events = gateway.raw_events("POST", "/v1/responses", json=body)
     kinds = [e["type"] for e in events]
     assert kinds[2:9] == [
@@ -329,11 +330,12 @@ def test_streamed_tool_call_arguments_arrive_as_deltas(gateway: Gateway) -> None
 # -- errors ----------------------------------------------------------------------------------
 
 
-def test_an_upstream_429_raises_rate_limit_error(client: OpenAI) -> None:
+@pytest.mark.parametrize("model", ["mock", "claude"])
+def test_an_upstream_429_raises_rate_limit_error(client: OpenAI, model: str) -> None:
     with pytest.raises(openai.RateLimitError):
-        client.responses.create(model="mock", input="e1 [[fault:http_429]]")
+        client.responses.create(model=model, input="e1 [[fault:http_429]]")
     with pytest.raises(openai.RateLimitError):
-        list(client.responses.create(model="mock", input="e2 [[fault:http_429]]", stream=True))
+        list(client.responses.create(model=model, input="e2 [[fault:http_429]]", stream=True))
 
 
 def test_an_unknown_model_or_response_raises_not_found(client: OpenAI) -> None:
@@ -377,12 +379,13 @@ def test_bad_or_unsupported_fields_are_400_naming_the_param(
         ("[[fault:stream_error]]", None),
     ],
 )
+@pytest.mark.parametrize("model", ["mock", "claude"])
 def test_upstream_faults_end_in_an_error_never_a_hang(
-    client: OpenAI, directives: str, status: int | None
+    client: OpenAI, directives: str, status: int | None, model: str
 ) -> None:
     """Before the first token, an HTTP error the SDK raises; after it, ``response.failed``
     (the upstream idle timeout is 1 s, so a stall ends in about a second)."""
-    request = {"model": "mock", "input": f"f1 [[tokens:20]] {directives}", "stream": True}
+    request = {"model": model, "input": f"f1 [[tokens:20]] {directives}", "stream": True}
     if status is not None:
         with pytest.raises(openai.InternalServerError) as raised:
             list(client.responses.create(**request, timeout=10))
