@@ -228,10 +228,13 @@ class _Conn(asyncio.Protocol):
             if k:
                 self.run.count(k)
         elif mode == "tokens":
+            if self.terminal_seen:
+                return  # what follows the terminal marker may repeat the text (Responses API)
+            at = complete.find(self.terminal) if self.terminal is not None else -1
             now = time.time_ns()
             lat = self.run.latencies
             k = 0
-            for seq, stamp in _TOKEN.findall(complete):
+            for seq, stamp in _TOKEN.findall(complete if at < 0 else complete[:at]):
                 if int(seq) != self.next:
                     self.fail(f"token {self.next}: got {seq!r}")
                     return
@@ -243,7 +246,7 @@ class _Conn(asyncio.Protocol):
                 k += 1
             if k:
                 self.run.count(k)
-            if self.terminal is not None and self.terminal in complete:
+            if at >= 0:
                 self.terminal_seen = True
 
     def on_message_complete(self) -> None:

@@ -348,7 +348,12 @@ class Report:
         pc = medians(self._of("relay_paced"), ["peer", "upstream", "streams"])
         for upstream in ("http", "https"):
             plain = mx.get(("fastapi-httpx", upstream, 100))
-            for route in ("ssegate-openai", "ssegate-streams", "ssegate-anthropic"):
+            for route in (
+                "ssegate-openai",
+                "ssegate-streams",
+                "ssegate-anthropic",
+                "ssegate-responses",
+            ):
                 bar = f"relay tok/s @100 ≥ 1.5× FastAPI+httpx ({route}, {upstream})"
                 ours = mx.get((route, upstream, 100))
                 if ours and plain and plain.get("tokens_per_s") and plain.get("tokens_per_cpu_s"):

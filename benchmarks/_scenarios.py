@@ -286,6 +286,7 @@ RELAY_PEERS: dict[str, str] = {
     "ssegate-openai": "ssegate gateway, POST /v1/chat/completions",
     "ssegate-streams": "ssegate gateway, POST /v1/streams (Accept: text/event-stream)",
     "ssegate-anthropic": "ssegate gateway, POST /v1/messages (Anthropic Messages API)",
+    "ssegate-responses": "ssegate gateway, POST /v1/responses (OpenAI Responses API)",
     "ssegate-openai@pre-redesign": "the gateway as of the commit before the redesign, "
     "POST /v1/chat/completions",
     "ssegate-streams@pre-redesign": "the same, POST /v1/streams",
@@ -309,6 +310,11 @@ def relay_request(peer: str, port: int, tokens: int, interval_ms: float) -> tupl
             {"model": "mock", "max_tokens": 1_000_000, "stream": True, "messages": messages}
         )
         path, terminal = "/v1/messages", b"event: message_stop"
+    elif peer == "ssegate-responses":
+        # The text is repeated after the last delta (output_text.done, response.completed):
+        # the tokens are counted up to the first repeat.
+        body = orjson.dumps({"model": "mock", "stream": True, "input": content})
+        path, terminal = "/v1/responses", b"event: response.output_text.done"
     else:
         body = orjson.dumps({"model": "mock", "stream": True, "messages": messages})
         path, terminal = "/v1/chat/completions", b"data: [DONE]"

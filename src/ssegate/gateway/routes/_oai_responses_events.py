@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from ...codec import ServerSentEvent, encode
 from ...store import StoredEvent
 
 __all__ = ["ResponseEvents", "event_data", "response_usage"]
@@ -67,13 +68,15 @@ def _error(data: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Part:
-    """One content part of a message: ``output_text`` or ``refusal``."""
+    """One content part of a message: ``output_text`` or ``refusal``; ``wire`` is the SSE
+    bytes of its text delta events up to the delta itself (built once, not per token)."""
 
-    __slots__ = ("chunks", "kind")
+    __slots__ = ("chunks", "kind", "wire")
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self.chunks: list[str] = []
+        self.wire = b""
 
     def to_dict(self) -> dict[str, Any]:
         text = "".join(self.chunks)
@@ -212,6 +215,15 @@ class ResponseEvents:
                 out += self._close_part(item, part)
             part = _Part(kind)
             item.parts.append(part)
+            if kind == "output_text":
+                head = {
+                    "type": "response.output_text.delta",
+                    "item_id": item.id,
+                    "output_index": item.index,
+                    "content_index": len(item.parts) - 1,
+                    "logprobs": [],
+                }
+                part.wire = b"event: response.output_text.delta\ndata: " + orjson.dumps(head)[:-1]
             out.append(
                 self._event(
                     "response.content_part.added",
@@ -274,6 +286,28 @@ class ResponseEvents:
         return out
 
     # -- translation -----------------------------------------------------------------------
+
+    def wire(self, event: StoredEvent, after: int) -> bytes:
+        """The SSE bytes of the Responses events for one stored event, those numbered above
+        ``after`` (a text delta inside an open text part, nearly every event, takes a path of
+        its own: one ``orjson`` call and a concatenation)."""
+        item = self._open
+        if event.event == "delta" and item is not None and item.kind == "message":
+            part = item.parts[-1] if item.parts else None
+            if part is not None and part.kind == "output_text" and not self.finished:
+                text = event_data(event).get("text", "")
+                part.chunks.append(text)
+                seq = self._seq
+                self._seq += 1
+                if seq <= after:
+                    return b""
+                tail = b',"sequence_number":%d}\n\n' % seq
+                return part.wire + b',"delta":' + orjson.dumps(text) + tail
+        return b"".join(
+            encode(ServerSentEvent(data=orjson.dumps(e).decode(), event=e["type"]))
+            for e in self.translate(event)
+            if e["sequence_number"] > after
+        )
 
     def translate(self, event: StoredEvent) -> list[Event]:
         """The Responses events for one stored event (maybe none)."""

@@ -20,7 +20,7 @@ from .._event_streams import TrackedEventSourceResponse
 from .._limits import PromptLimitError, check_prompt
 from .._models import ModelRoute, UnknownModelError
 from .._state import GatewayState
-from ._oai_responses_events import Event, ResponseEvents, event_data
+from ._oai_responses_events import ResponseEvents, event_data
 from ._openai_errors import OpenAIError, stream_headers
 
 __all__ = [
@@ -96,14 +96,6 @@ async def start_response(
     return info
 
 
-def _encoded(events: list[Event], after: int) -> bytes:
-    return b"".join(
-        encode(ServerSentEvent(data=orjson.dumps(e).decode(), event=e["type"]))
-        for e in events
-        if e["sequence_number"] > after
-    )
-
-
 def _error_event(events: ResponseEvents, code: str, message: str) -> bytes:
     # Not one of the stream's numbered events: it says why the body ends early.
     events.finished = True
@@ -137,14 +129,14 @@ async def _body(
     after: int,
 ) -> AsyncIterator[bytes]:
     for event in head:
-        if chunk := _encoded(events.translate(event), after):
+        if chunk := events.wire(event, after):
             yield chunk
     if events.finished:
         return
     try:
         async with aclosing(state.store.follow(stream_id, head[-1].id if head else 0)) as stored:
             async for event in stored:
-                if chunk := _encoded(events.translate(event), after):
+                if chunk := events.wire(event, after):
                     yield chunk
     except StoreError as exc:  # gap, producer lost, deleted, store down
         yield _error_event(events, exc.code, exc.message)
