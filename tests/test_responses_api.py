@@ -404,3 +404,41 @@ def test_a_fault_is_response_failed_on_the_wire_too(gateway: Gateway) -> None:
     events = gateway.raw_events("POST", "/v1/responses", json=body)
     assert events[-1]["type"] == "response.failed"
     assert events[-1]["response"]["output"][0]["status"] == "incomplete"
+
+
+def test_the_stream_helper_resumes_an_existing_response(gateway: Gateway, client: OpenAI) -> None:
+    started = client.responses.create(model="mock", input="r1 [[tokens:8]]", background=True)
+    with client.responses.stream(response_id=started.id, starting_after=5) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    assert events[0].sequence_number == 6
+    assert final.output_text == gateway.record("r1 ").text
+
+
+def test_a_response_belongs_to_the_key_that_made_it(gateway: Gateway) -> None:
+    settings = Settings.from_options(
+        provider="openai",
+        base_url=gateway.mock.url + "/v1",
+        model="mock",
+        api_keys=("alice:sk-alice-0123456789", "bob:sk-bob-0123456789"),
+    )
+
+    def sdk(url: str, key: str) -> OpenAI:
+        return OpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
+
+    with (
+        run_server(create_app(settings)) as server,
+        sdk(server.url, "sk-alice-0123456789") as alice,
+        sdk(server.url, "sk-bob-0123456789") as bob,
+        sdk(server.url, "sk-nobody") as nobody,
+    ):
+        started = alice.responses.create(model="mock", input="k1 [[tokens:2]]", background=True)
+        with pytest.raises(openai.NotFoundError):
+            bob.responses.retrieve(started.id)
+        with pytest.raises(openai.NotFoundError):
+            bob.responses.cancel(started.id)
+        with pytest.raises(openai.NotFoundError):
+            list(bob.responses.retrieve(started.id, stream=True))
+        assert alice.responses.retrieve(started.id).id == started.id
+        with pytest.raises(openai.AuthenticationError):
+            nobody.responses.create(model="mock", input="x")
