@@ -133,10 +133,12 @@ async def _body(
             yield chunk
     if events.finished:
         return
+    start = head[-1].id if head else 0
     try:
-        async with aclosing(state.store.follow(stream_id, head[-1].id if head else 0)) as stored:
-            async for event in stored:
-                if chunk := events.wire(event, after):
+        # What piled up while the client read (a resume, a slow client) goes out in one write.
+        async with aclosing(state.store.follow_batches(stream_id, start)) as batches:
+            async for batch in batches:
+                if chunk := b"".join([events.wire(event, after) for event in batch]):
                     yield chunk
     except StoreError as exc:  # gap, producer lost, deleted, store down
         yield _error_event(events, exc.code, exc.message)
@@ -228,8 +230,8 @@ async def wait_disconnect_or_end(state: GatewayState, stream_id: str, receive: R
 
         tg.start_soon(watch)
         try:
-            async with aclosing(state.store.follow(stream_id, 0)) as events:
-                async for _ in events:
+            async with aclosing(state.store.follow_batches(stream_id, 0)) as batches:
+                async for _ in batches:
                     pass
         except StoreError:
             pass  # gather() reads what is kept and says how it ended
