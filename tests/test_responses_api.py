@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from openai import OpenAI
+from openai import AsyncOpenAI, OpenAI
 from openai.types.responses import ResponseStreamEvent
 from pydantic import TypeAdapter
 
@@ -442,3 +442,16 @@ def test_a_response_belongs_to_the_key_that_made_it(gateway: Gateway) -> None:
         assert alice.responses.retrieve(started.id).id == started.id
         with pytest.raises(openai.AuthenticationError):
             nobody.responses.create(model="mock", input="x")
+
+
+@pytest.mark.anyio
+async def test_the_async_client_streams_and_resumes(gateway: Gateway) -> None:
+    async with AsyncOpenAI(
+        base_url=gateway.url + "/v1", api_key="sk-caller", max_retries=0
+    ) as client:
+        stream = await client.responses.create(model="mock", input="a1 [[tokens:5]]", stream=True)
+        events = strict([event async for event in stream])
+        rest = await client.responses.retrieve(events[0].response.id, stream=True, starting_after=3)
+        resumed = strict([event async for event in rest])
+    assert [e.model_dump() for e in resumed] == [e.model_dump() for e in events[4:]]
+    assert texts(events) == gateway.record("a1 ").text
