@@ -32,7 +32,6 @@ from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import anyio
 import orjson
 from fastapi import APIRouter, Body, Request
 from starlette.responses import Response
@@ -50,6 +49,7 @@ from .._state import GatewayState, state_of
 from ._anthropic_errors import AnthropicError, AnthropicRoute, anthropic_errors
 from ._anthropic_events import MessageBody, MessageEvents, event_data, message_id
 from ._anthropic_schema import MessagesRequest, chat_request
+from ._doors import ClientGone, first_events, follow_to_end
 from ._streams import STREAM_ID_HEADER
 
 __all__ = ["MessagesRequest", "anthropic_model", "anthropic_models", "anthropic_router"]
@@ -122,18 +122,6 @@ async def _start(
 # -- streaming ------------------------------------------------------------------------------
 
 
-async def _first_events(state: GatewayState, stream_id: str, wait: float) -> list[StoredEvent]:
-    """The events up to the first one after ``start``, waiting at most ``wait`` seconds."""
-    head: list[StoredEvent] = []
-    with anyio.move_on_after(wait):
-        async with aclosing(state.store.follow(stream_id, 0)) as events:
-            async for event in events:
-                head.append(event)
-                if event.event != "start":
-                    break
-    return head
-
-
 async def _message_stream(
     state: GatewayState, stream_id: str, head: list[StoredEvent], events: MessageEvents
 ) -> AsyncIterator[bytes]:
@@ -176,7 +164,7 @@ class _MessageStream(Response):
         wait = min(_FIRST_EVENT_WAIT, interval or _FIRST_EVENT_WAIT)
         async with state.store.subscriber(stream_id):
             try:
-                head = await _first_events(state, stream_id, wait)
+                head = await first_events(state, stream_id, wait)
             except StoreError as exc:
                 error = AnthropicError.from_gateway(exc.to_dict())
                 await error.response(_headers(stream_id))(scope, receive, send)
@@ -202,11 +190,6 @@ class _MessageStream(Response):
 # -- non-streaming --------------------------------------------------------------------------
 
 
-async def _wait_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
 async def _complete(
     state: GatewayState, info: StreamInfo, model: str, receive: Receive
 ) -> Response:
@@ -215,25 +198,9 @@ async def _complete(
     A client that leaves stops our subscription, so ``on_disconnect`` applies as for SSE.
     """
     result = MessageBody()
-    failure: StoreError | None = None
-    disconnected = False
-    async with state.store.subscriber(info.id), anyio.create_task_group() as tg:
-
-        async def watch() -> None:
-            nonlocal disconnected
-            await _wait_disconnect(receive)
-            disconnected = True
-            tg.cancel_scope.cancel()
-
-        tg.start_soon(watch)
-        try:
-            async with aclosing(state.store.follow(info.id, 0)) as events:
-                async for event in events:
-                    result.add(event)
-        except StoreError as exc:
-            failure = exc
-        tg.cancel_scope.cancel()
-    if disconnected:
+    try:
+        failure = await follow_to_end(state, info.id, receive, result.add)
+    except ClientGone:
         return Response(status_code=499)  # nobody reads it; the access log says what happened
     if failure is not None:
         return AnthropicError.from_gateway(failure.to_dict()).response(_headers(info.id))

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
-import anyio
 import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -20,6 +19,7 @@ from .._event_streams import TrackedEventSourceResponse
 from .._limits import PromptLimitError, check_prompt
 from .._models import ModelRoute, UnknownModelError
 from .._state import GatewayState
+from ._doors import ClientGone, first_events, follow_to_end
 from ._oai_responses_events import ResponseEvents, event_data
 from ._openai_errors import OpenAIError, stream_headers
 
@@ -109,18 +109,6 @@ def _error_event(events: ResponseEvents, code: str, message: str) -> bytes:
     return encode(ServerSentEvent(data=orjson.dumps(data).decode(), event="error"))
 
 
-async def _first_events(state: GatewayState, stream_id: str, wait: float) -> list[StoredEvent]:
-    """The events up to the first one after ``start``, waiting at most ``wait`` seconds."""
-    head: list[StoredEvent] = []
-    with anyio.move_on_after(wait):
-        async with aclosing(state.store.follow(stream_id, 0)) as events:
-            async for event in events:
-                head.append(event)
-                if event.event != "start":
-                    break
-    return head
-
-
 async def _body(
     state: GatewayState,
     stream_id: str,
@@ -179,7 +167,7 @@ class ResponseStream(Response):
             head: list[StoredEvent] = []
             try:
                 if self._hold:
-                    head = await _first_events(state, stream_id, wait)
+                    head = await first_events(state, stream_id, wait)
             except StoreError as exc:
                 response = OpenAIError.from_gateway(exc.to_dict()).response(stream_id)
             else:
@@ -219,22 +207,10 @@ async def gather(state: GatewayState, stream_id: str) -> tuple[ResponseEvents, d
 
 async def wait_disconnect_or_end(state: GatewayState, stream_id: str, receive: Receive) -> bool:
     """Follow the stream to its end as one subscriber; ``False`` if the client left first
-    (which stops the subscription, so ``on_disconnect`` applies as for a stream)."""
-    finished = False
-    async with state.store.subscriber(stream_id), anyio.create_task_group() as tg:
-
-        async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            tg.cancel_scope.cancel()
-
-        tg.start_soon(watch)
-        try:
-            async with aclosing(state.store.follow_batches(stream_id, 0)) as batches:
-                async for _ in batches:
-                    pass
-        except StoreError:
-            pass  # gather() reads what is kept and says how it ended
-        finished = True
-        tg.cancel_scope.cancel()
-    return finished
+    (which stops the subscription, so ``on_disconnect`` applies as for a stream). A store
+    failure counts as the end: ``gather()`` reads what is kept and says how it ended."""
+    try:
+        await follow_to_end(state, stream_id, receive)
+    except ClientGone:
+        return False
+    return True

@@ -35,7 +35,6 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Annotated, Any
 
-import anyio
 import orjson
 from fastapi import APIRouter, Body, Depends, Request
 from starlette.responses import Response
@@ -50,6 +49,7 @@ from .._models import ModelRoute, UnknownModelError
 from .._state import GatewayState, state_of
 from ._anthropic import anthropic_model, anthropic_models
 from ._anthropic_errors import AnthropicError
+from ._doors import ClientGone, first_events, follow_to_end
 from ._openai_chunks import Chunks, Completion, event_data
 from ._openai_errors import OpenAIError, OpenAIRoute, stream_headers
 from ._openai_schema import ChatCompletionRequest, chat_request, check_shape
@@ -138,21 +138,6 @@ async def _start(
 # -- streaming ------------------------------------------------------------------------------
 
 
-async def _first_events(state: GatewayState, stream_id: str, wait: float) -> list[StoredEvent]:
-    """The events up to the first one after ``start``, waiting at most ``wait`` seconds.
-
-    Cancelling ``follow()`` ends it; that is fine, the caller follows on from the last id.
-    """
-    head: list[StoredEvent] = []
-    with anyio.move_on_after(wait):
-        async with aclosing(state.store.follow(stream_id, 0)) as events:
-            async for event in events:
-                head.append(event)
-                if event.event != "start":
-                    break
-    return head
-
-
 async def _chunk_stream(
     state: GatewayState, stream_id: str, head: list[StoredEvent], chunks: Chunks
 ) -> AsyncIterator[bytes]:
@@ -201,7 +186,7 @@ class _CompletionStream(Response):
         async with state.store.subscriber(stream_id):
             response: Response
             try:
-                head = await _first_events(state, stream_id, wait)
+                head = await first_events(state, stream_id, wait)
             except StoreError as exc:
                 response = OpenAIError.from_gateway(exc.to_dict()).response(stream_id)
             else:
@@ -224,11 +209,6 @@ class _CompletionStream(Response):
 # -- non-streaming --------------------------------------------------------------------------
 
 
-async def _wait_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
 async def _complete(
     state: GatewayState, info: StreamInfo, model: str, receive: Receive
 ) -> Response:
@@ -237,25 +217,9 @@ async def _complete(
     A client that leaves stops our subscription, so ``on_disconnect`` applies as for SSE.
     """
     result = Completion()
-    failure: StoreError | None = None
-    disconnected = False
-    async with state.store.subscriber(info.id), anyio.create_task_group() as tg:
-
-        async def watch() -> None:
-            nonlocal disconnected
-            await _wait_disconnect(receive)
-            disconnected = True
-            tg.cancel_scope.cancel()
-
-        tg.start_soon(watch)
-        try:
-            async with aclosing(state.store.follow(info.id, 0)) as events:
-                async for event in events:
-                    result.add(event)
-        except StoreError as exc:
-            failure = exc
-        tg.cancel_scope.cancel()
-    if disconnected:
+    try:
+        failure = await follow_to_end(state, info.id, receive, result.add)
+    except ClientGone:
         return Response(status_code=499)  # nobody reads it; the access log says what happened
     if failure is not None:
         return OpenAIError.from_gateway(failure.to_dict()).response(info.id)
