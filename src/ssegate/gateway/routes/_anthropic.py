@@ -39,7 +39,7 @@ from starlette.types import Receive, Scope, Send
 
 from ..._event_stream import EventStreamOptions
 from ...codec import ServerSentEvent
-from ...providers import ChatRequest, Provider
+from ...providers import ChatRequest
 from ...store import StoredEvent, StoreError, StreamInfo
 from .._auth import GatewaySecurity, caller_of, security_of
 from .._event_streams import TrackedEventSourceResponse
@@ -49,7 +49,7 @@ from .._state import GatewayState, state_of
 from ._anthropic_errors import AnthropicError, AnthropicRoute, anthropic_errors
 from ._anthropic_events import MessageBody, MessageEvents, event_data, message_id
 from ._anthropic_schema import MessagesRequest, chat_request
-from ._doors import ClientGone, first_events, follow_to_end
+from ._doors import ClientGone, first_events, follow_to_end, start_generation
 from ._streams import STREAM_ID_HEADER
 
 __all__ = ["MessagesRequest", "anthropic_model", "anthropic_models", "anthropic_router"]
@@ -95,28 +95,9 @@ async def _start(
         raise AnthropicError(
             529, "The gateway is shutting down.", retryable=True, headers={"Retry-After": "1"}
         )
-    settings = state.settings
-    provider: Provider = route.provider
-    content_log = security.content_log
-    logged = content_log.wrap(provider) if content_log is not None else None
     # ShuttingDownError and StoreFullError are SsegateErrors, the quota's ApiError a 429:
     # AnthropicRoute answers them.
-    with security.quota.reserve(owner):
-        info = await state.jobs.start(
-            logged or provider,
-            chat,
-            model_label=route.name,
-            owner=owner,
-            on_disconnect="continue"
-            if (policy or settings.streams.on_disconnect) == "continue"
-            else "cancel",
-            grace=settings.streams.disconnect_grace,
-            max_duration=settings.streams.max_stream_duration,
-        )
-    if content_log is not None and logged is not None:
-        logged.stream_id = info.id  # before the job's task first runs
-        content_log.prompt(info.id, owner, chat.messages)
-    return info
+    return await start_generation(state, security, route, chat, owner=owner, on_disconnect=policy)
 
 
 # -- streaming ------------------------------------------------------------------------------

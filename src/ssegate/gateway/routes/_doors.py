@@ -1,18 +1,61 @@
-"""What the protocol doors (chat completions, Messages, Responses) share: the first events
-of a stream, which decide the HTTP status, and a whole answer gathered to the stream's end."""
+"""What the protocol doors (chat completions, Messages, Responses) share: starting a
+generation, the first events of a stream, which decide the HTTP status, and a whole answer
+gathered to the stream's end."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import aclosing
+from typing import Any
 
 import anyio
 from starlette.types import Receive
 
-from ...store import StoredEvent, StoreError
+from ...providers import ChatRequest
+from ...store import StoredEvent, StoreError, StreamInfo
+from .._auth import GatewaySecurity
+from .._models import ModelRoute
 from .._state import GatewayState
 
-__all__ = ["ClientGone", "first_events", "follow_to_end"]
+__all__ = ["ClientGone", "first_events", "follow_to_end", "start_generation"]
+
+
+async def start_generation(
+    state: GatewayState,
+    security: GatewaySecurity,
+    route: ModelRoute,
+    chat: ChatRequest,
+    *,
+    owner: str | None,
+    on_disconnect: str | None,
+    start_extra: dict[str, Any] | None = None,
+) -> StreamInfo:
+    """Start ``chat`` on ``route`` as a detached job, counted in ``owner``'s quota, its prompt
+    in the content log if one is kept; ``on_disconnect`` (the request's, else the gateway's
+    default) is ``continue`` or ``cancel``; ``start_extra`` goes into the ``start`` event.
+
+    Raises the quota's ``ApiError`` (429), and ``ShuttingDownError`` / ``StoreFullError``
+    (both ``SsegateError``): each door answers them in its protocol's shape.
+    """
+    settings = state.settings
+    content_log = security.content_log
+    logged = content_log.wrap(route.provider) if content_log is not None else None
+    policy = on_disconnect or settings.streams.on_disconnect
+    with security.quota.reserve(owner):
+        info = await state.jobs.start(
+            logged or route.provider,
+            chat,
+            model_label=route.name,
+            start_extra=None if start_extra is None else (lambda _: start_extra),
+            owner=owner,
+            on_disconnect="continue" if policy == "continue" else "cancel",
+            grace=settings.streams.disconnect_grace,
+            max_duration=settings.streams.max_stream_duration,
+        )
+    if content_log is not None and logged is not None:
+        logged.stream_id = info.id  # before the job's task first runs
+        content_log.prompt(info.id, owner, chat.messages)
+    return info
 
 
 class ClientGone(Exception):

@@ -19,7 +19,7 @@ from .._event_streams import TrackedEventSourceResponse
 from .._limits import PromptLimitError, check_prompt
 from .._models import ModelRoute, UnknownModelError
 from .._state import GatewayState
-from ._doors import ClientGone, first_events, follow_to_end
+from ._doors import ClientGone, first_events, follow_to_end, start_generation
 from ._oai_responses_events import ResponseEvents, event_data
 from ._openai_errors import OpenAIError, stream_headers
 
@@ -75,25 +75,16 @@ async def start_response(
             retryable=True,
             headers={"Retry-After": "1"},
         )
-    settings = state.settings
-    content_log = security.content_log
-    logged = content_log.wrap(route.provider) if content_log is not None else None
     # ShuttingDownError and StoreFullError are SsegateErrors: OpenAIRoute answers them (503).
-    with security.quota.reserve(owner):
-        info = await state.jobs.start(
-            logged or route.provider,
-            chat,
-            model_label=route.name,
-            start_extra=lambda _: {"responses": echo},
-            owner=owner,
-            on_disconnect="continue" if on_disconnect == "continue" else "cancel",
-            grace=settings.streams.disconnect_grace,
-            max_duration=settings.streams.max_stream_duration,
-        )
-    if content_log is not None and logged is not None:
-        logged.stream_id = info.id  # before the job's task first runs
-        content_log.prompt(info.id, owner, chat.messages)
-    return info
+    return await start_generation(
+        state,
+        security,
+        route,
+        chat,
+        owner=owner,
+        on_disconnect=on_disconnect,
+        start_extra={"responses": echo},
+    )
 
 
 def _error_event(events: ResponseEvents, code: str, message: str) -> bytes:

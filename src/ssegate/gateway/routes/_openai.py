@@ -40,7 +40,7 @@ from fastapi import APIRouter, Body, Depends, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from ...providers import ChatRequest, Provider
+from ...providers import ChatRequest
 from ...store import StoredEvent, StoreError, StreamInfo
 from .._auth import GatewaySecurity, caller_of, security_of
 from .._event_streams import TrackedEventSourceResponse
@@ -49,7 +49,7 @@ from .._models import ModelRoute, UnknownModelError
 from .._state import GatewayState, state_of
 from ._anthropic import anthropic_model, anthropic_models
 from ._anthropic_errors import AnthropicError
-from ._doors import ClientGone, first_events, follow_to_end
+from ._doors import ClientGone, first_events, follow_to_end, start_generation
 from ._openai_chunks import Chunks, Completion, event_data
 from ._openai_errors import OpenAIError, OpenAIRoute, stream_headers
 from ._openai_schema import ChatCompletionRequest, chat_request, check_shape
@@ -111,28 +111,9 @@ async def _start(
             retryable=True,
             headers={"Retry-After": "1"},
         )
-    settings = state.settings
-    provider: Provider = route.provider
-    content_log = security.content_log
-    logged = content_log.wrap(provider) if content_log is not None else None
     # ShuttingDownError and StoreFullError are SsegateErrors: OpenAIRoute answers them (503);
     # the per-key quota's ApiError becomes OpenAI's 429.
-    with security.quota.reserve(owner):
-        info = await state.jobs.start(
-            logged or provider,
-            chat,
-            model_label=route.name,
-            owner=owner,
-            on_disconnect="continue"
-            if (policy or settings.streams.on_disconnect) == "continue"
-            else "cancel",
-            grace=settings.streams.disconnect_grace,
-            max_duration=settings.streams.max_stream_duration,
-        )
-    if content_log is not None and logged is not None:
-        logged.stream_id = info.id  # before the job's task first runs
-        content_log.prompt(info.id, owner, chat.messages)
-    return info
+    return await start_generation(state, security, route, chat, owner=owner, on_disconnect=policy)
 
 
 # -- streaming ------------------------------------------------------------------------------
