@@ -88,6 +88,7 @@ async def test_http_status_errors(
     # The client is told the status; the log (detail) also gets the upstream's own message.
     assert f"HTTP {status}" in error.message
     assert f"HTTP {status}: " in error.detail
+    assert "127.0.0.1" not in error.message  # the upstream's address stays in the log
 
 
 @pytest.mark.anyio
@@ -164,6 +165,8 @@ async def test_connection_refused() -> None:
     assert (error.code, error.retryable) == ("upstream_unreachable", True)
     assert "cannot connect" in error.message
     assert "127.0.0.1:" in error.detail
+    assert "127.0.0.1" not in error.message  # the client gets no address
+    assert "Error" not in error.message  # nor an exception's class name
 
 
 @pytest.mark.anyio
