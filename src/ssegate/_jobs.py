@@ -351,6 +351,10 @@ class JobManager:
         """How many generations are running in this process."""
         return len(self._jobs)
 
+    def running(self) -> list[str]:
+        """The stream ids of the generations running in this process."""
+        return list(self._jobs)
+
     async def drain(self, grace: float) -> int:
         """Refuse new generations, wait up to ``grace`` s for running ones, cancel the rest.
 

@@ -61,6 +61,9 @@ __all__ = ["create_app", "run"]
 
 log = logging.getLogger("ssegate.gateway")
 
+#: Seconds a drain waits, once the generations are over, for their followers to finish.
+_FOLLOWERS_FLUSH = 2.0
+
 _HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -230,12 +233,21 @@ class _GatewayServer(ShutdownAwareServer):
         state: GatewayState | None = getattr(self._app.state, "gateway", None)
         if state is not None:
             state.draining = True
-            running = state.jobs.active()
+            running = state.jobs.running()
             if running:
-                log.warning("draining %d generation(s), up to %.0f s", running, self._drain_timeout)
+                log.warning(
+                    "draining %d generation(s), up to %.0f s", len(running), self._drain_timeout
+                )
             cancelled = await state.jobs.drain(self._drain_timeout)
             if cancelled:
                 log.warning("drain timeout: cancelled %d generation(s)", cancelled)
+            # Those generations are over, but their followers here may still have the last
+            # events to write (with the Redis store they reach followers after the producer's
+            # last write): let them, briefly, before the open streams are ended.
+            security: GatewaySecurity | None = getattr(self._app.state, "ssegate_security", None)
+            if security is not None and running:
+                with anyio.move_on_after(_FOLLOWERS_FLUSH):
+                    await security.event_streams.until_closed(set(running))
             state.shutdown.set()
         await super().shutdown(sockets)
 

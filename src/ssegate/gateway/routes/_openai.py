@@ -182,6 +182,7 @@ class _CompletionStream(Response):
                         retry=None,
                         send_timeout=settings.streams.send_timeout or None,
                         shutdown=state.shutdown,
+                        stream_id=stream_id,
                         tracker=self._security.event_streams,
                     )
             await response(scope, receive, send)

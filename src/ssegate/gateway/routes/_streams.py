@@ -227,6 +227,7 @@ def event_stream_response(
         retry=settings.streams.retry_ms or None,
         send_timeout=settings.streams.send_timeout or None,
         shutdown=state.shutdown,
+        stream_id=stream_id,
         tracker=security.event_streams,
     )
 

@@ -178,6 +178,7 @@ def _ui_stream_response(
         retry=None,  # no EventSource here: the transport reconnects through GET …/stream
         send_timeout=settings.send_timeout or None,
         shutdown=state.shutdown,
+        stream_id=stream_id,
         tracker=security.event_streams,
     )
 
