@@ -50,7 +50,7 @@ from ._anthropic_errors import AnthropicError, AnthropicRoute, anthropic_errors
 from ._anthropic_events import MessageBody, MessageEvents, event_data, message_id
 from ._anthropic_schema import MessagesRequest, chat_request
 from ._doors import ClientGone, first_events, follow_to_end, start_generation
-from ._streams import STREAM_ID_HEADER
+from ._stream_body import STREAM_ID_HEADER
 
 __all__ = ["MessagesRequest", "anthropic_model", "anthropic_models", "anthropic_router"]
 

@@ -49,7 +49,7 @@ from ._oai_responses_stream import (
 from ._openai import openai_caller
 from ._openai_errors import OpenAIError, OpenAIRoute, stream_headers
 from ._responses import SSE_EVENT, openai_errors
-from ._streams import wait_finished
+from ._stream_body import wait_finished
 
 __all__ = ["ResponsesRequest", "responses_router"]
 

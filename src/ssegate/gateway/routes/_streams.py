@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from contextlib import aclosing
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, Literal
 
-import orjson
 from fastapi import APIRouter, Body, Depends, Header, Query, Request
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -21,38 +19,33 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
 from ..._jobs import ShuttingDownError
-from ..._response import EventSourceResponse
-from ...codec import ServerSentEvent, encode
 from ...providers import ChatRequest, Provider
 from ...store import (
-    ProducerLostError,
-    StoredEvent,
-    StoreError,
     StoreFullError,
-    StreamGapError,
     StreamInfo,
     StreamNotFoundError,
     StreamStatus,
 )
 from .._auth import Caller, GatewaySecurity, caller_of, security_of
 from .._errors import ApiError
-from .._event_streams import TrackedEventSourceResponse
 from .._limits import PromptLimitError, check_prompt
 from .._models import UnknownModelError
 from .._state import GatewayState, state_of
 from ._json_values import WHOLE, JsonValue, JsonValueError, check_json_values
 from ._responses import EventStream, errors, event_stream
+from ._stream_body import (
+    STREAM_ID_HEADER,
+    event_stream_response,
+    refuse_another_subscriber,
+    wait_finished,
+)
 
 __all__ = [
-    "STREAM_ID_HEADER",
     "StreamRequest",
     "StreamsRoute",
-    "event_stream_response",
     "json_body",
-    "refuse_another_subscriber",
     "router",
     "start_stream",
-    "wait_finished",
 ]
 
 log = logging.getLogger("ssegate.streams")
@@ -88,7 +81,6 @@ class StreamsRoute(APIRoute):
 
 router = APIRouter(prefix="/v1/streams", tags=["streams"], route_class=StreamsRoute)
 
-STREAM_ID_HEADER = "x-ssegate-stream-id"
 _READ_TOKEN_HEADER = "x-ssegate-read-token"
 
 
@@ -150,86 +142,6 @@ def _parse_last_event_id(header: str | None, query: str | None) -> int:
     if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
         raise ApiError(400, "invalid_last_event_id", "Last-Event-ID must be a non-negative integer")
     return int(raw)
-
-
-#: The most events read at once while a reader catches up, and the most bytes one write carries.
-_READ_BATCH = 256
-_WRITE_BYTES = 64 * 1024
-
-
-async def _events(state: GatewayState, stream_id: str, after: int) -> AsyncIterator[bytes]:
-    """The stored events after ``after``, encoded once by the store; faults as ``error``.
-
-    What the store has that the reader has not read goes out in one write (up to
-    ``_WRITE_BYTES``): a reader resuming a long stream, or one whose client is slower than
-    the upstream, costs a write per batch, not per event; one that keeps up, a write per
-    event as it comes. Any store fault, counting the subscriber in included (the headers are
-    sent by then), ends the body with an ``error`` event rather than cutting it off.
-    """
-    store = state.store
-    try:
-        async with (
-            store.subscriber(stream_id),
-            aclosing(store.follow_batches(stream_id, after, _READ_BATCH)) as batches,
-        ):
-            async for batch in batches:
-                for chunk in _joined(batch, _WRITE_BYTES):
-                    yield chunk
-    except StreamNotFoundError:
-        yield _error_event("not_found", "the stream is gone", retryable=False)
-    except StoreError as exc:  # gap, producer_lost, store_unavailable: say so and end
-        yield _error_event(exc.code, exc.message, retryable=exc.retryable)
-
-
-def _joined(events: list[StoredEvent], limit: int) -> Iterator[bytes]:
-    """The events' wire bytes in runs of whole events of at most ``limit`` bytes (a larger
-    event goes alone)."""
-    run: list[bytes] = []
-    size = 0
-    for event in events:
-        encoded = event.encoded
-        if run and size + len(encoded) > limit:
-            yield b"".join(run)
-            run, size = [], 0
-        run.append(encoded)
-        size += len(encoded)
-    if run:
-        yield b"".join(run)
-
-
-def _error_event(code: str, message: str, *, retryable: bool) -> bytes:
-    # No id: the client's Last-Event-ID stays at the last event it really has.
-    data = orjson.dumps({"code": code, "message": message, "retryable": retryable}).decode()
-    return encode(ServerSentEvent(data=data, event="error"))
-
-
-def event_stream_response(
-    state: GatewayState,
-    security: GatewaySecurity,
-    stream_id: str,
-    after: int,
-    *,
-    status_code: int = 200,
-    headers: dict[str, str] | None = None,
-) -> EventSourceResponse:
-    """The SSE response that follows ``stream_id`` after event ``after``.
-
-    A client that stops reading costs what the server's write buffer holds (the store keeps
-    the events); one write blocked for ``send_timeout`` drops it, and it resumes from its last
-    id when it comes back.
-    """
-    settings = state.settings
-    return TrackedEventSourceResponse(
-        _events(state, stream_id, after),
-        status_code=status_code,
-        headers={STREAM_ID_HEADER: stream_id, **(headers or {})},
-        ping_interval=settings.streams.heartbeat_interval or None,
-        retry=settings.streams.retry_ms or None,
-        send_timeout=settings.streams.send_timeout or None,
-        shutdown=state.shutdown,
-        stream_id=stream_id,
-        tracker=security.event_streams,
-    )
 
 
 async def json_body(
@@ -482,29 +394,3 @@ async def cancel_stream(request: Request, stream_id: str) -> JSONResponse:
         info = await wait_finished(state, stream_id, info.last_event_id, 1.0)
     status = 200 if info.status is not StreamStatus.RUNNING else 202
     return JSONResponse(info.to_dict(), status_code=status)
-
-
-def refuse_another_subscriber(state: GatewayState, info: StreamInfo) -> None:
-    """``429`` when ``info``'s stream has as many subscribers as it may have."""
-    limit = state.settings.limits.max_subscribers_per_stream
-    if limit and info.subscribers >= limit:
-        raise ApiError(
-            429,
-            "too_many_subscribers",
-            f"this stream already has {info.subscribers} subscribers, the most it may have",
-            headers={"Retry-After": "5"},
-        )
-
-
-async def wait_finished(state: GatewayState, stream_id: str, after: int, limit: float) -> Any:
-    """The stream's info once it has ended, or after ``limit`` seconds (a cancel's answer)."""
-    import anyio
-
-    with anyio.move_on_after(limit):
-        try:
-            async with aclosing(state.store.follow(stream_id, after)) as events:
-                async for _ in events:
-                    pass
-        except (StreamGapError, ProducerLostError):
-            pass
-    return await state.store.get(stream_id)

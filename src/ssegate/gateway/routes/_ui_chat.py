@@ -45,15 +45,8 @@ from .._models import UnknownModelError
 from .._state import GatewayState, state_of
 from ._openai_schema import Tool
 from ._responses import errors
-from ._streams import (
-    STREAM_ID_HEADER,
-    StreamRequest,
-    StreamsRoute,
-    json_body,
-    refuse_another_subscriber,
-    start_stream,
-    wait_finished,
-)
+from ._stream_body import STREAM_ID_HEADER, refuse_another_subscriber, wait_finished
+from ._streams import StreamRequest, StreamsRoute, json_body, start_stream
 from ._ui_chat_messages import MessageError, provider_messages
 from ._ui_chat_parts import UIParts
 
