@@ -54,10 +54,8 @@ import anyio
 import orjson
 
 from ._base import (
-    FINISH_INPUTS,
     FOLLOW_BATCH,
     TERMINAL_EVENTS,
-    IllegalTransitionError,
     ProducerLostError,
     Store,
     StoredEvent,
@@ -68,18 +66,12 @@ from ._base import (
 )
 from ._errors import StoreError, StoreUnavailableError, StreamNotFoundError
 from ._redis_keys import RedisStoreConfig, alias_key
-from ._redis_pubsub import RedisHub, Watch
+from ._redis_pubsub import Watch
+from ._redis_writes import RedisWrites, text
 
 __all__ = ["RedisStore", "RedisStoreConfig"]
 
 log = logging.getLogger("ssegate.store.redis")
-
-#: The most appends of one stream in flight (unanswered by Redis) before its producer waits.
-_APPEND_WINDOW = 256
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _json_or_none(raw: bytes | None) -> dict[str, Any] | None:
@@ -89,7 +81,7 @@ def _json_or_none(raw: bytes | None) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-class RedisStore(RedisHub, Store):
+class RedisStore(RedisWrites, Store):
     """A :class:`~ssegate.store.Store` in Redis, shared by every instance that uses the same
     Redis and ``key_prefix``. Use as ``async with RedisStore(config) as store:``; entering it
     connects (and raises :class:`~ssegate.store.StoreUnavailableError` if Redis can't be reached).
@@ -101,183 +93,7 @@ class RedisStore(RedisHub, Store):
         self._events = 0
         self._followers = 0
 
-    # -- Store ---------------------------------------------------------------------------
-
-    async def create(
-        self, stream_id: str, *, model: str, provider: str, owner: str | None = None
-    ) -> StreamInfo:
-        """Create a running stream with a fresh lease; ``ValueError`` if the id exists."""
-        meta, _, lease, _ = self._keys(stream_id)
-        created = await self._run(
-            "create",
-            [meta, lease],
-            [
-                model,
-                provider,
-                owner or "",
-                "1" if owner is not None else "0",
-                self._lease_ms,
-                self._keep_ms,
-            ],
-        )
-        if created is None:
-            raise ValueError("a stream with this id exists")
-        # The producer watches its stream from the start: its events go through the watch,
-        # and cancel notices reach it.
-        await self._acquire(stream_id, data=False, local=True)
-        return StreamInfo(
-            id=stream_id,
-            status=StreamStatus.RUNNING,
-            model=model,
-            provider=provider,
-            owner=owner,
-            created=float(created),
-        )
-
-    async def append(self, stream_id: str, event: str, data: str) -> StoredEvent:
-        """Append a non-terminal event with the next id; renews the lease.
-
-        The producer of a stream created here does not wait for Redis: its event gets the
-        next id at once and goes out with the writer's next batch, so a producer appends many
-        events per round trip and they reach Redis as one script call. Followers here see an
-        event once Redis has it. The script checks that the id is the one Redis gives (one
-        producer per stream); an append that fails fails the producer's next call, and
-        reading the stream here waits until what is in flight is in Redis.
-        """
-        if event in TERMINAL_EVENTS:
-            raise ValueError(f"{event!r} ends a stream: use finish()")
-        if "\n" in data or "\r" in data:
-            raise ValueError("event data must be one line")
-        if "\n" in event or "\r" in event:
-            raise ValueError("event type must not contain CR or LF")
-        meta, events, lease, _ = self._keys(stream_id)
-        _, data_channel = self._channels(stream_id)
-        self._client()
-        args: list[Any] = [self.config.max_events, self._lease_ms, self._keep_ms, data_channel]
-        watch = self._watches.get(stream_id)
-        if watch is not None and watch.local:
-            return await self._append_behind(watch, [meta, events, lease], args, event, data)
-        result = await self._writer.append([meta, events, lease], [*args, 0], event, data)
-        stored = StoredEvent.build(self._check_id(result, "append"), event, data)
-        self._events += 1
-        if watch is not None:
-            watch.lease_deadline = time.monotonic() + self.lease_ttl
-            watch.push(stored)
-        return stored
-
-    async def _append_behind(
-        self, watch: Watch, keys: list[bytes], args: list[Any], event: str, data: str
-    ) -> StoredEvent:
-        if watch.pending >= _APPEND_WINDOW:
-            await self._flush(watch, _APPEND_WINDOW // 2)
-        if watch.append_error is not None:
-            raise watch.append_error
-        stored = StoredEvent.build(watch.next_append, event, data)
-        self._writer.append_nowait(keys, [*args, stored.id], event, data, self, (watch, stored))
-        watch.next_append += 1
-        watch.pending += 1
-        self._events += 1
-        return stored
-
-    def appended(self, calls: list[Any]) -> None:
-        """The writer's news of appends that :meth:`_append_behind` queued, in order: each
-        event goes to its followers here, or its error waits for the producer's next call."""
-        touched: dict[str, Watch] = {}
-        deadline = time.monotonic() + self.lease_ttl
-        for call in calls:
-            watch, stored = call.context
-            watch.pending -= 1
-            touched[watch.sid] = watch
-            error = call.error
-            if error is None:
-                try:
-                    self._check_id(call.result, "append")
-                except StoreError as exc:
-                    error = exc
-            if error is not None:
-                if watch.append_error is None:
-                    log.warning("stream %s: an append failed: %s", watch.sid, error)
-                    watch.append_error = error
-            elif not watch.gone:
-                watch.lease_deadline = deadline
-                watch.push(stored, wake=False)
-        for watch in touched.values():
-            watch.wake_events()
-            if watch.flushed is not None and watch.pending <= watch.flushed_at:
-                watch.flushed.set()
-                watch.flushed = None
-
-    async def _flush(self, watch: Watch, left: int = 0) -> None:
-        """Until at most ``left`` appends for ``watch``'s stream are in flight (none: Redis
-        has every event appended here)."""
-        while watch.pending > left:
-            if watch.flushed is None or watch.flushed_at > left:
-                if watch.flushed is not None:
-                    watch.flushed.set()  # its waiters look again, at their own bound
-                watch.flushed = anyio.Event()
-                watch.flushed_at = left
-            await watch.flushed.wait()
-
-    def _check_id(self, result: Any, action: str) -> int:
-        value = int(result)
-        if value == -1:
-            raise StreamNotFoundError("no such stream")
-        if value == -2:
-            raise IllegalTransitionError(f"a finished stream cannot take {action}")
-        if value == -3:
-            raise StoreError(
-                f"the stream's events went out of step ({action}): another writer appended"
-            )
-        return value
-
-    async def finish(
-        self,
-        stream_id: str,
-        status: StreamStatus,
-        data: str,
-        *,
-        usage: dict[str, Any] | None = None,
-        error: dict[str, Any] | None = None,
-        cause: str | None = None,
-    ) -> StoredEvent:
-        """Append the terminal event and set the status (and the TTL) in one script."""
-        if FINISH_INPUTS.get(status) is None:
-            raise ValueError(f"{status.value} is not a terminal status")
-        if "\n" in data or "\r" in data:
-            raise ValueError("event data must be one line")
-        meta, events, lease, subs = self._keys(stream_id)
-        control, _ = self._channels(stream_id)
-        try:
-            result = await self._run(
-                "finish",
-                [meta, events, lease, subs],
-                [
-                    status.value,
-                    data,
-                    self.config.max_events,
-                    orjson.dumps(usage) if usage is not None else b"",
-                    orjson.dumps(error) if error is not None else b"",
-                    cause or "",
-                    self._ttl_ms,
-                    control,
-                ],
-            )
-            event_id = self._check_id(result, status.value)
-            stored = StoredEvent.build(event_id, status.value, data)
-            self._events += 1
-            watch = self._watches.get(stream_id)
-            if watch is not None:
-                watch.push(stored)
-            return stored
-        finally:
-            # Whatever the outcome, the producer is done with the stream: drop its hold
-            # (taken in create()), or a producer whose finish failed would pin it forever.
-            watch = self._watches.get(stream_id)
-            if watch is not None and watch.local:
-                watch.local = False
-                self._produced -= 1
-                with anyio.CancelScope(shield=True):
-                    await self._release(watch)
+    # -- Store: reading (writing: RedisWrites) ------------------------------------------
 
     async def get(self, stream_id: str) -> StreamInfo:
         """A snapshot of the stream's metadata and its live subscriber count."""
@@ -286,18 +102,18 @@ class RedisStore(RedisHub, Store):
         if result is None:
             raise StreamNotFoundError("no such stream")
         flat, subscribers = result
-        h = {_text(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
-        status = StreamStatus(_text(h["status"]))
-        cause = _text(h["cause"]) if "cause" in h else None
-        cancel = _text(h["cancel"]) if "cancel" in h else None
+        h = {text(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
+        status = StreamStatus(text(h["status"]))
+        cause = text(h["cause"]) if "cause" in h else None
+        cancel = text(h["cancel"]) if "cancel" in h else None
         if cause is None and cancel is not None and status is StreamStatus.RUNNING:
             cause = cancel
         return StreamInfo(
             id=stream_id,
             status=status,
-            model=_text(h.get("model", b"")),
-            provider=_text(h.get("provider", b"")),
-            owner=_text(h["owner"]) if "owner" in h else None,
+            model=text(h.get("model", b"")),
+            provider=text(h.get("provider", b"")),
+            owner=text(h["owner"]) if "owner" in h else None,
             created=float(h.get("created", 0)),
             finished_at=float(h["finished_at"]) if "finished_at" in h else None,
             last_event_id=int(h.get("last_id", 0)),
@@ -328,14 +144,14 @@ class RedisStore(RedisHub, Store):
             raise self._gone_error()
         last = int(last_id)
         found = [
-            StoredEvent.build(int(entry_id.split(b"-", 1)[0]), _text(f[b"e"]), _text(f[b"d"]))
+            StoredEvent.build(int(entry_id.split(b"-", 1)[0]), text(f[b"e"]), text(f[b"d"]))
             for entry_id, f in entries
         ]
         if found and found[0].id != after + 1:
             raise StreamGapError(stream_id, after=after, first_id=found[0].id)
         if not found and last > after:
             raise StreamGapError(stream_id, after=after, first_id=last + 1)
-        return found, StreamStatus(_text(status)), last, int(pttl)
+        return found, StreamStatus(text(status)), last, int(pttl)
 
     async def read(
         self, stream_id: str, after: int = 0, limit: int | None = None
@@ -428,7 +244,7 @@ class RedisStore(RedisHub, Store):
         if status is None:
             raise self._gone_error()
         watch.last_id = max(watch.last_id, int(last_id))
-        if _text(status) != StreamStatus.RUNNING.value:
+        if text(status) != StreamStatus.RUNNING.value:
             watch.epoch += 1  # finished meanwhile: read the end from Redis
             return
         if pttl < 0:
@@ -467,7 +283,7 @@ class RedisStore(RedisHub, Store):
                     continue
                 attempt = 0
                 if cause is not None:
-                    return _text(cause)
+                    return text(cause)
                 if not exists:
                     if watch.cancel_cause is not None:
                         return watch.cancel_cause
@@ -555,7 +371,7 @@ class RedisStore(RedisHub, Store):
                 status, alive = await pipe.execute()
         if status is None:
             raise StreamNotFoundError("no such stream")
-        return _text(status) == StreamStatus.RUNNING.value and bool(alive)
+        return text(status) == StreamStatus.RUNNING.value and bool(alive)
 
     async def delete(self, stream_id: str) -> bool:
         """Delete the stream's keys; a running one's producer hears cancel ``deleted``."""
@@ -612,7 +428,7 @@ class RedisStore(RedisHub, Store):
             )
         if previous is None:
             return None
-        previous_id = _text(previous)
+        previous_id = text(previous)
         return previous_id if await self._kept(previous_id) else None
 
     async def get_alias(self, alias: str) -> str | None:
@@ -622,5 +438,5 @@ class RedisStore(RedisHub, Store):
             raw = await client.get(alias_key(self.config.key_prefix, alias))
         if raw is None:
             return None
-        stream_id = _text(raw)
+        stream_id = text(raw)
         return stream_id if await self._kept(stream_id) else None
