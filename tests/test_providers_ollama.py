@@ -19,7 +19,7 @@ from ssegate.providers import (
     Usage,
     create_provider,
 )
-from ssegate.providers._http import LineSplitter
+from ssegate.providers._parsing import LineSplitter
 from ssegate.providers.ollama import build_body
 from ssegate.testing import MockUpstream
 

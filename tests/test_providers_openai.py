@@ -181,7 +181,7 @@ async def test_coalesce_keeps_one_delta_per_read(mock: MockUpstream) -> None:
 
 
 def test_coalesce_keeps_the_order_and_merges_only_neighbours() -> None:
-    from ssegate.providers._http import coalesce
+    from ssegate.providers._parsing import coalesce
 
     call = ToolCallDelta(index=0, arguments="{")
     deltas: list[Delta] = [

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from ssegate.providers import Delta, ProviderConfig, TextDelta, UpstreamProtocolError
-from ssegate.providers._http import SseParser
+from ssegate.providers._parsing import SseParser
 
 
 class _Recorder(SseParser):

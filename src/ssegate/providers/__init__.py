@@ -41,6 +41,7 @@ from ._base import (
     ToolCallDelta,
     Usage,
 )
+from ._config import PROVIDER_KINDS, ProviderConfig, redact
 from ._errors import (
     UpstreamConnectError,
     UpstreamError,
@@ -49,7 +50,6 @@ from ._errors import (
     UpstreamStreamError,
     UpstreamTimeoutError,
 )
-from ._http import PROVIDER_KINDS, ProviderConfig, redact
 from .anthropic import AnthropicProvider
 from .demo import DEMO_MODEL, DemoProvider
 from .ollama import OllamaProvider

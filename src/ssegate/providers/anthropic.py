@@ -37,8 +37,10 @@ import httpx
 import orjson
 
 from ._base import ChatRequest, Delta, Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
+from ._config import ProviderConfig
 from ._errors import UpstreamProtocolError
-from ._http import HttpUpstream, ProviderConfig, SseParser, loads_chunk, stream_error
+from ._http import HttpUpstream
+from ._parsing import SseParser, loads_chunk, stream_error
 
 __all__ = ["AnthropicProvider"]
 

@@ -28,8 +28,10 @@ import httpx
 import orjson
 
 from ._base import ChatRequest, Delta, Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
+from ._config import ProviderConfig
 from ._errors import UpstreamProtocolError
-from ._http import HttpUpstream, LineSplitter, ProviderConfig, loads_chunk, stream_error
+from ._http import HttpUpstream
+from ._parsing import LineSplitter, loads_chunk, stream_error
 
 __all__ = ["OllamaProvider"]
 

@@ -44,8 +44,10 @@ from ._base import (
     ToolCallDelta,
     Usage,
 )
+from ._config import ProviderConfig
 from ._errors import UpstreamProtocolError
-from ._http import HttpUpstream, ProviderConfig, SseParser, loads_chunk, stream_error
+from ._http import HttpUpstream
+from ._parsing import SseParser, loads_chunk, stream_error
 
 __all__ = ["OpenAIProvider"]
 
