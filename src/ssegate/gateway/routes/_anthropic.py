@@ -42,19 +42,24 @@ from ...codec import ServerSentEvent
 from ...providers import ChatRequest
 from ...store import StoredEvent, StoreError, StreamInfo
 from .._auth import GatewaySecurity, caller_of, security_of
-from .._event_streams import TrackedEventSourceResponse
 from .._limits import PromptLimitError, check_prompt
 from .._models import ModelRoute, UnknownModelError
 from .._state import GatewayState, state_of
 from ._anthropic_errors import AnthropicError, AnthropicRoute, anthropic_errors
 from ._anthropic_events import MessageBody, MessageEvents, event_data, message_id
 from ._anthropic_schema import MessagesRequest, chat_request
-from ._doors import ClientGone, first_events, follow_to_end, start_generation
+from ._doors import (
+    ClientGone,
+    door_event_stream,
+    first_event_wait,
+    first_events,
+    follow_to_end,
+    start_generation,
+)
 from ._stream_body import STREAM_ID_HEADER
 
 __all__ = ["MessagesRequest", "anthropic_model", "anthropic_models", "anthropic_router"]
 
-_FIRST_EVENT_WAIT = 10.0
 #: The heartbeat is Anthropic's ``ping`` event, not a comment.
 _OPTIONS = EventStreamOptions(ping_event=ServerSentEvent(data='{"type":"ping"}', event="ping"))
 
@@ -141,8 +146,7 @@ class _MessageStream(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state, stream_id = self._state, self._info.id
-        interval = state.settings.streams.heartbeat_interval or None
-        wait = min(_FIRST_EVENT_WAIT, interval or _FIRST_EVENT_WAIT)
+        wait = first_event_wait(state)
         async with state.store.subscriber(stream_id):
             try:
                 head = await first_events(state, stream_id, wait)
@@ -154,17 +158,13 @@ class _MessageStream(Response):
                 error = AnthropicError.from_gateway(event_data(head[-1]))
                 await error.response(_headers(stream_id))(scope, receive, send)
                 return
-            settings = state.settings
-            response = TrackedEventSourceResponse(
+            response = door_event_stream(
+                state,
+                self._security,
+                stream_id,
                 _message_stream(state, stream_id, head, self._events),
-                headers=_headers(stream_id),
-                options=_OPTIONS,
-                ping_interval=interval,
-                retry=None,
-                send_timeout=settings.streams.send_timeout or None,
-                shutdown=state.shutdown,
-                stream_id=stream_id,
-                tracker=self._security.event_streams,
+                _headers(stream_id),
+                _OPTIONS,
             )
             await response(scope, receive, send)
 

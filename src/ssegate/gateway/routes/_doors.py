@@ -4,20 +4,64 @@ gathered to the stream's end."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any
 
 import anyio
 from starlette.types import Receive
 
+from ..._event_stream import EventStreamOptions
 from ...providers import ChatRequest
 from ...store import StoredEvent, StoreError, StreamInfo
 from .._auth import GatewaySecurity
+from .._event_streams import TrackedEventSourceResponse
 from .._models import ModelRoute
 from .._state import GatewayState
 
-__all__ = ["ClientGone", "first_events", "follow_to_end", "start_generation"]
+__all__ = [
+    "ClientGone",
+    "door_event_stream",
+    "first_event_wait",
+    "first_events",
+    "follow_to_end",
+    "start_generation",
+]
+
+#: The most seconds a door holds its HTTP status for the first event after ``start``.
+_FIRST_EVENT_WAIT = 10.0
+
+
+def first_event_wait(state: GatewayState) -> float:
+    """How long a door waits for the first event after ``start`` (an upstream that refuses at
+    once becomes an HTTP error): ``_FIRST_EVENT_WAIT``, or the heartbeat interval if shorter."""
+    interval = state.settings.streams.heartbeat_interval
+    return min(_FIRST_EVENT_WAIT, interval) if interval else _FIRST_EVENT_WAIT
+
+
+def door_event_stream(
+    state: GatewayState,
+    security: GatewaySecurity,
+    stream_id: str,
+    body: AsyncIterator[bytes],
+    headers: dict[str, str],
+    options: EventStreamOptions | None = None,
+) -> TrackedEventSourceResponse:
+    """A door's SSE response of ``body`` (the stream in its protocol's events): the gateway's
+    heartbeat and send timeout, no ``retry:`` (the protocols' clients don't reconnect), ended
+    on shutdown, counted by the tracker."""
+    streams = state.settings.streams
+    return TrackedEventSourceResponse(
+        body,
+        headers=headers,
+        options=options,
+        ping_interval=streams.heartbeat_interval or None,
+        retry=None,
+        send_timeout=streams.send_timeout or None,
+        shutdown=state.shutdown,
+        stream_id=stream_id,
+        tracker=security.event_streams,
+    )
 
 
 async def start_generation(

@@ -15,11 +15,17 @@ from ...codec import ServerSentEvent, encode
 from ...providers import ChatRequest
 from ...store import TERMINAL_EVENTS, StoredEvent, StoreError, StreamInfo
 from .._auth import GatewaySecurity
-from .._event_streams import TrackedEventSourceResponse
 from .._limits import PromptLimitError, check_prompt
 from .._models import ModelRoute, UnknownModelError
 from .._state import GatewayState
-from ._doors import ClientGone, first_events, follow_to_end, start_generation
+from ._doors import (
+    ClientGone,
+    door_event_stream,
+    first_event_wait,
+    first_events,
+    follow_to_end,
+    start_generation,
+)
 from ._oai_responses_events import ResponseEvents, event_data
 from ._openai_errors import OpenAIError, stream_headers
 
@@ -32,7 +38,6 @@ __all__ = [
     "wait_disconnect_or_end",
 ]
 
-_FIRST_EVENT_WAIT = 10.0
 _READ_BATCH = 256
 
 
@@ -151,8 +156,7 @@ class ResponseStream(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state, stream_id = self._state, self._stream_id
-        interval = state.settings.streams.heartbeat_interval or None
-        wait = min(_FIRST_EVENT_WAIT, interval or _FIRST_EVENT_WAIT)
+        wait = first_event_wait(state)
         async with state.store.subscriber(stream_id):
             response: Response
             head: list[StoredEvent] = []
@@ -166,16 +170,12 @@ class ResponseStream(Response):
                     error = OpenAIError.from_gateway(event_data(head[-1]))
                     response = error.response(stream_id)
                 else:
-                    settings = state.settings
-                    response = TrackedEventSourceResponse(
+                    response = door_event_stream(
+                        state,
+                        self._security,
+                        stream_id,
                         _body(state, stream_id, head, ResponseEvents(stream_id), self._after),
-                        headers=stream_headers(stream_id),
-                        ping_interval=interval,
-                        retry=None,
-                        send_timeout=settings.streams.send_timeout or None,
-                        shutdown=state.shutdown,
-                        stream_id=stream_id,
-                        tracker=self._security.event_streams,
+                        stream_headers(stream_id),
                     )
             await response(scope, receive, send)
 

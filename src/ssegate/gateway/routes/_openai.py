@@ -43,21 +43,25 @@ from starlette.types import Receive, Scope, Send
 from ...providers import ChatRequest
 from ...store import StoredEvent, StoreError, StreamInfo
 from .._auth import GatewaySecurity, caller_of, security_of
-from .._event_streams import TrackedEventSourceResponse
 from .._limits import PromptLimitError, check_prompt
 from .._models import ModelRoute, UnknownModelError
 from .._state import GatewayState, state_of
 from ._anthropic import anthropic_model, anthropic_models
 from ._anthropic_errors import AnthropicError
-from ._doors import ClientGone, first_events, follow_to_end, start_generation
+from ._doors import (
+    ClientGone,
+    door_event_stream,
+    first_event_wait,
+    first_events,
+    follow_to_end,
+    start_generation,
+)
 from ._openai_chunks import Chunks, Completion, event_data
 from ._openai_errors import OpenAIError, OpenAIRoute, stream_headers
 from ._openai_schema import ChatCompletionRequest, chat_request, check_shape
 from ._responses import SSE_EVENT, openai_errors
 
 __all__ = ["ChatCompletionRequest", "OpenAIError", "OpenAIRoute", "openai_caller", "router"]
-
-_FIRST_EVENT_WAIT = 10.0
 
 
 async def openai_caller(request: Request) -> str | None:
@@ -162,8 +166,7 @@ class _CompletionStream(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state, stream_id = self._state, self._info.id
-        interval = state.settings.streams.heartbeat_interval or None
-        wait = min(_FIRST_EVENT_WAIT, interval or _FIRST_EVENT_WAIT)
+        wait = first_event_wait(state)
         async with state.store.subscriber(stream_id):
             response: Response
             try:
@@ -174,16 +177,12 @@ class _CompletionStream(Response):
                 if head and head[-1].event == "error":
                     response = OpenAIError.from_gateway(event_data(head[-1])).response(stream_id)
                 else:
-                    settings = state.settings
-                    response = TrackedEventSourceResponse(
+                    response = door_event_stream(
+                        state,
+                        self._security,
+                        stream_id,
                         _chunk_stream(state, stream_id, head, self._chunks),
-                        headers=stream_headers(stream_id),
-                        ping_interval=interval,
-                        retry=None,
-                        send_timeout=settings.streams.send_timeout or None,
-                        shutdown=state.shutdown,
-                        stream_id=stream_id,
-                        tracker=self._security.event_streams,
+                        stream_headers(stream_id),
                     )
             await response(scope, receive, send)
 
