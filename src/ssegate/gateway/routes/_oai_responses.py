@@ -42,12 +42,11 @@ from ._oai_responses_stream import (
     ResponseStream,
     check_messages,
     gather,
-    resolve,
     start_response,
     wait_disconnect_or_end,
 )
 from ._openai import openai_caller
-from ._openai_errors import OpenAIError, OpenAIRoute, stream_headers
+from ._openai_errors import OpenAIError, OpenAIRoute, resolve_model, stream_headers
 from ._responses import SSE_EVENT, openai_errors
 from ._stream_body import wait_finished
 
@@ -121,7 +120,7 @@ async def create_response(
     """OpenAI's Responses API; ``stream: true`` answers its typed events, ``background: true``
     answers at once. The response id is the gateway stream's id."""
     state, security = state_of(request), security_of(request)
-    route = resolve(state, body.model)
+    route = resolve_model(state, body.model)
     chat = chat_request(body, route)
     check_messages(state, chat)
     policy = body.on_disconnect or state.settings.streams.on_disconnect

@@ -16,7 +16,7 @@ from ...providers import ChatRequest
 from ...store import TERMINAL_EVENTS, StoredEvent, StoreError, StreamInfo
 from .._auth import GatewaySecurity
 from .._limits import PromptLimitError, check_prompt
-from .._models import ModelRoute, UnknownModelError
+from .._models import ModelRoute
 from .._state import GatewayState
 from ._doors import (
     ClientGone,
@@ -33,21 +33,11 @@ __all__ = [
     "ResponseStream",
     "check_messages",
     "gather",
-    "resolve",
     "start_response",
     "wait_disconnect_or_end",
 ]
 
 _READ_BATCH = 256
-
-
-def resolve(state: GatewayState, name: str | None) -> ModelRoute:
-    """The model's route, or OpenAI's 404 ``model_not_found``."""
-    try:
-        return state.models.resolve(name)
-    except UnknownModelError:
-        message = f"The model `{name}` does not exist or you do not have access to it."
-        raise OpenAIError(404, message, param="model", code="model_not_found") from None
 
 
 def check_messages(state: GatewayState, chat: ChatRequest) -> None:

@@ -57,7 +57,7 @@ from ._doors import (
     start_generation,
 )
 from ._openai_chunks import Chunks, Completion, event_data
-from ._openai_errors import OpenAIError, OpenAIRoute, stream_headers
+from ._openai_errors import OpenAIError, OpenAIRoute, resolve_model, stream_headers
 from ._openai_schema import ChatCompletionRequest, chat_request, check_shape
 from ._responses import SSE_EVENT, openai_errors
 
@@ -76,14 +76,6 @@ async def openai_caller(request: Request) -> str | None:
 
 
 # -- starting ----------------------------------------------------------------------------------
-
-
-def _resolve(state: GatewayState, name: str | None) -> ModelRoute:
-    try:
-        return state.models.resolve(name)
-    except UnknownModelError:
-        message = f"The model `{name}` does not exist or you do not have access to it."
-        raise OpenAIError(404, message, param="model", code="model_not_found") from None
 
 
 def _check_prompt(state: GatewayState, body: ChatCompletionRequest) -> None:
@@ -242,7 +234,7 @@ async def create_chat_completion(
     security = security_of(request)
     check_shape(body)
     _check_prompt(state, body)
-    route = _resolve(state, body.model)
+    route = resolve_model(state, body.model)
     chat = chat_request(body, route)
     info = await _start(state, security, route, chat, owner, body.on_disconnect)
     if body.stream:
@@ -284,4 +276,4 @@ async def retrieve_model(
         except UnknownModelError:
             return AnthropicError(404, f"model: {model_id}").response()
         return anthropic_model(route, state.models.created)
-    return _model_object(_resolve(state, model_id), state.models.created)
+    return _model_object(resolve_model(state, model_id), state.models.created)

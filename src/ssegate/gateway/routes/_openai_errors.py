@@ -21,9 +21,11 @@ from starlette.responses import Response
 
 from ..._errors import SsegateError
 from .._errors import ApiError
+from .._models import ModelRoute, UnknownModelError
+from .._state import GatewayState
 from ._json_values import JsonValueError
 
-__all__ = ["OpenAIError", "OpenAIRoute", "stream_headers"]
+__all__ = ["OpenAIError", "OpenAIRoute", "resolve_model", "stream_headers"]
 
 log = logging.getLogger("ssegate.openai")
 
@@ -175,3 +177,12 @@ class OpenAIRoute(APIRoute):
                 return OpenAIError(500, "internal server error", code="internal").response()
 
         return openai_handler
+
+
+def resolve_model(state: GatewayState, name: str | None) -> ModelRoute:
+    """The model's route, or OpenAI's 404 ``model_not_found``."""
+    try:
+        return state.models.resolve(name)
+    except UnknownModelError:
+        message = f"The model `{name}` does not exist or you do not have access to it."
+        raise OpenAIError(404, message, param="model", code="model_not_found") from None
