@@ -1,65 +1,33 @@
-"""Detached generations: a provider's deltas, turned into stream events in a store.
+"""Detached generations: the manager that starts, cancels and drains them.
 
 A :class:`JobManager` owns one task group for the app's lifetime (entered in the lifespan).
 :meth:`JobManager.start` creates a stream, appends its ``start`` event and returns at once;
 the generation runs on in that task group, independent of any HTTP connection, so clients
 can drop, resume (maybe on another instance) and cancel it.
 
-Each job runs the provider next to three watchers in its own task group:
-
-* **cancel** — :meth:`Store.wait_cancel` returns (``DELETE``, :meth:`JobManager.cancel`, or
-  another instance through the store): the provider is closed and the stream ends with
-  ``cancelled {}``, cause ``client`` (or whatever cause was requested);
-* **abandon** (``on_disconnect="cancel"`` only) — :meth:`Store.wait_abandoned` returns after
-  ``grace`` seconds with no subscriber: ``cancelled``, cause ``disconnect``. The grace clock
-  starts at creation, so a stream nobody ever subscribes to (``POST`` without streaming and
-  no follow-up ``GET``) stops after ``grace`` too; with ``on_disconnect="continue"`` it runs to
-  the end and records its usage;
-* **lease** — renews the producer's lease every ``store.lease_ttl / 3`` seconds.
-
-Passing ``max_duration`` ends the stream with an ``error`` event, code ``timeout``, cause
-``timeout``: a server-side limit is a failure the client should see and may retry, not a
-cancel it asked for (Spring's ``SseEmitter`` timeout in the seed ends the request the same
-way). App shutdown (:meth:`JobManager.drain`, or leaving the manager) ends streams with
-``cancelled``, cause ``shutdown``.
-
-Provider outcomes: any :class:`~ssegate.SsegateError` (normally an ``UpstreamError``) ends the
-stream with ``error`` and its ``to_dict()``; any other exception is logged with its traceback
-and ends it with ``error`` code ``internal`` and a generic message. ``usage`` is appended once,
-just before ``done``, when the provider reported it.
+How one generation runs (its watchers, time limit and outcomes) is in :mod:`._job_run`; the
+observer callbacks are in :mod:`._job_observer`. Passing ``max_duration`` ends the stream
+with an ``error`` event, code ``timeout``, cause ``timeout`` (Spring's ``SseEmitter`` timeout
+in the seed ends the request the same way). App shutdown (:meth:`JobManager.drain`, or
+leaving the manager) ends streams with ``cancelled``, cause ``shutdown``.
 """
 
 from __future__ import annotations
 
-import logging
 import secrets
-import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Self
 
 import anyio
-import orjson
 from anyio.abc import TaskGroup
 
-from ._errors import ShuttingDownError, SsegateError
-from .providers._base import (
-    AnnotationDelta,
-    ChatRequest,
-    Delta,
-    Finish,
-    Provider,
-    ReasoningDelta,
-    RefusalDelta,
-    ResponseMeta,
-    TextDelta,
-    ToolCallDelta,
-    Usage,
-)
-from .store import StoreError
-from .store._base import Store, StreamInfo, StreamStatus
+from ._errors import ShuttingDownError
+from ._job_observer import JobObserver, ObserverChain, notify_observer
+from ._job_run import Job, OnDisconnect, dumps, run_job
+from .providers._base import ChatRequest, Provider
+from .store._base import Store, StreamInfo
 
 __all__ = [
     "JobManager",
@@ -70,167 +38,10 @@ __all__ = [
     "new_stream_id",
 ]
 
-logger = logging.getLogger("ssegate.jobs")
-
-OnDisconnect = Literal["cancel", "continue"]
-
-#: Bound on shielded clean-up (closing the provider, writing the terminal event), so a stuck
-#: upstream or store can't hold shutdown forever.
-CLEANUP_TIMEOUT = 5.0
-
 
 def new_stream_id() -> str:
     """A fresh, unguessable stream id: ``st_`` and 128 random bits, URL-safe."""
     return "st_" + secrets.token_urlsafe(16)
-
-
-def _dumps(obj: object) -> str:
-    return orjson.dumps(obj).decode()
-
-
-class JobObserver:
-    """Optional callbacks for metrics; subclass and override what you need.
-
-    Called from the job's task: keep them quick and non-blocking. An exception in one is
-    logged and ignored.
-    """
-
-    def on_start(self, info: StreamInfo) -> None:
-        """A stream was created and its job started."""
-
-    def on_first_token(self, stream_id: str, latency: float) -> None:
-        """The first text, reasoning or tool-call delta arrived ``latency`` s after start."""
-
-    def on_generated(self, stream_id: str, deltas: int, seconds: float) -> None:
-        """The generation stored ``deltas`` deltas, ``seconds`` apart from first to last.
-
-        Called before :meth:`on_finish` when at least one delta came.
-        """
-
-    def on_error(self, stream_id: str, error: dict[str, Any]) -> None:
-        """The stream is ending with ``error`` (its ``error`` event's data); before on_finish."""
-
-    def on_finish(
-        self,
-        stream_id: str,
-        status: StreamStatus,
-        cause: str | None,
-        duration: float,
-        usage: dict[str, Any] | None,
-    ) -> None:
-        """The stream ended with ``status`` after ``duration`` s (``cause`` for cancel/timeout)."""
-
-
-class ObserverChain(JobObserver):
-    """Several job observers as one (a :class:`JobManager` takes one). ``None``s are skipped;
-    one observer failing does not keep the others from being called."""
-
-    def __init__(self, *observers: JobObserver | None) -> None:
-        self.observers: tuple[JobObserver, ...] = tuple(o for o in observers if o is not None)
-
-    def _each(self, name: str, *args: Any) -> None:
-        for observer in self.observers:
-            try:
-                getattr(observer, name)(*args)
-            except Exception:
-                logger.exception("job observer %s failed", name)
-
-    def on_start(self, info: StreamInfo) -> None:
-        self._each("on_start", info)
-
-    def on_first_token(self, stream_id: str, latency: float) -> None:
-        self._each("on_first_token", stream_id, latency)
-
-    def on_generated(self, stream_id: str, deltas: int, seconds: float) -> None:
-        self._each("on_generated", stream_id, deltas, seconds)
-
-    def on_error(self, stream_id: str, error: dict[str, Any]) -> None:
-        self._each("on_error", stream_id, error)
-
-    def on_finish(
-        self,
-        stream_id: str,
-        status: StreamStatus,
-        cause: str | None,
-        duration: float,
-        usage: dict[str, Any] | None,
-    ) -> None:
-        self._each("on_finish", stream_id, status, cause, duration, usage)
-
-
-@dataclass(slots=True)
-class _Outcome:
-    status: StreamStatus
-    data: dict[str, Any]
-    usage: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
-    cause: str | None = None
-
-
-class _Job:
-    __slots__ = (
-        "cause",
-        "deltas",
-        "done",
-        "first_delta",
-        "grace",
-        "last_delta",
-        "on_disconnect",
-        "provider",
-        "request",
-        "scope",
-        "started",
-        "stream_id",
-    )
-
-    def __init__(
-        self,
-        stream_id: str,
-        provider: Provider,
-        request: ChatRequest,
-        *,
-        on_disconnect: OnDisconnect,
-        grace: float,
-        max_duration: float,
-    ):
-        self.stream_id = stream_id
-        self.provider = provider
-        self.request = request
-        self.on_disconnect = on_disconnect
-        self.grace = grace
-        # Observer timings (first token, deltas, duration) read time.monotonic(): read once per
-        # delta, anyio.current_time() costs several times more (it asks which loop runs).
-        self.started = time.monotonic()
-        # Made before the task runs, so a cancel that comes first still takes effect. The
-        # deadline is on the event loop's clock.
-        self.scope = anyio.CancelScope(deadline=anyio.current_time() + max_duration)
-        self.cause: str | None = None
-        self.done = anyio.Event()
-        self.deltas = 0  # for JobObserver.on_generated
-        self.first_delta = self.last_delta = 0.0
-
-    def cancel(self, cause: str) -> None:
-        if self.cause is None:
-            self.cause = cause
-        self.scope.cancel()
-
-
-@asynccontextmanager
-async def _closing(deltas: AsyncIterator[Delta]) -> AsyncIterator[AsyncIterator[Delta]]:
-    """``contextlib.aclosing()``, with ``aclose()`` shielded and bounded.
-
-    The job's scope is usually cancelled when we get here; unshielded, the provider's
-    clean-up awaits (closing the upstream response) would be cancelled before the TCP
-    connection is released.
-    """
-    try:
-        yield deltas
-    finally:
-        aclose = getattr(deltas, "aclose", None)
-        if aclose is not None:
-            with anyio.CancelScope(shield=True) as scope:
-                scope.deadline = anyio.current_time() + CLEANUP_TIMEOUT
-                await aclose()
 
 
 class JobManager:
@@ -244,7 +55,7 @@ class JobManager:
     def __init__(self, store: Store, *, observer: JobObserver | None = None):
         self.store = store
         self.observer = observer
-        self._jobs: dict[str, _Job] = {}
+        self._jobs: dict[str, Job] = {}
         self._tg: TaskGroup | None = None
         self._closing = False
 
@@ -309,7 +120,7 @@ class JobManager:
             start = await self.store.append(
                 stream_id,
                 "start",
-                _dumps(
+                dumps(
                     {
                         "stream_id": stream_id,
                         "model": label,
@@ -322,7 +133,7 @@ class JobManager:
             with anyio.CancelScope(shield=True):
                 await self.store.delete(stream_id)
             raise
-        job = _Job(
+        job = Job(
             stream_id,
             provider,
             request,
@@ -333,7 +144,9 @@ class JobManager:
         self._jobs[stream_id] = job
         info = replace(info, last_event_id=start.id)
         self._notify("on_start", info)
-        tg.start_soon(self._run, job, name=f"ssegate job {stream_id}")
+        tg.start_soon(
+            run_job, job, self.store, self._notify, self._forget, name=f"ssegate job {stream_id}"
+        )
         return info
 
     async def cancel(self, stream_id: str, cause: str = "client") -> bool:
@@ -371,163 +184,10 @@ class JobManager:
             await job.done.wait()
         return len(left)
 
-    # -- one job -----------------------------------------------------------------------
+    # -- what each job calls back -------------------------------------------------------
 
-    async def _run(self, job: _Job) -> None:
-        outcome: _Outcome | None = None
-        try:
-            try:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._watch_cancel, job)
-                    tg.start_soon(self._keep_lease, job)
-                    if job.on_disconnect == "cancel":
-                        tg.start_soon(self._watch_abandon, job)
-                    outcome = await self._generate(job)
-                    tg.cancel_scope.cancel()
-            except Exception:
-                # A watcher failed (they handle StoreError themselves): a bug.
-                logger.exception("job %s failed", job.stream_id)
-                if outcome is None:
-                    outcome = _internal_error()
-        finally:
-            if outcome is None:  # cancelled from outside: app shutdown
-                outcome = _Outcome(
-                    StreamStatus.CANCELLED,
-                    {"cause": job.cause or "shutdown"},
-                    cause=job.cause or "shutdown",
-                )
-            with anyio.CancelScope(shield=True) as scope:
-                scope.deadline = anyio.current_time() + CLEANUP_TIMEOUT
-                await self._finish(job, outcome)
-            del self._jobs[job.stream_id]
-            job.done.set()
-            if job.deltas:
-                self._notify(
-                    "on_generated", job.stream_id, job.deltas, job.last_delta - job.first_delta
-                )
-            if outcome.error is not None:
-                self._notify("on_error", job.stream_id, outcome.error)
-            self._notify(
-                "on_finish",
-                job.stream_id,
-                outcome.status,
-                outcome.cause,
-                time.monotonic() - job.started,
-                outcome.usage,
-            )
-
-    async def _generate(self, job: _Job) -> _Outcome:
-        store, sid = self.store, job.stream_id
-        usage: dict[str, Any] | None = None
-        finish_reason = "stop"
-        first_token = True
-        try:
-            with job.scope:
-                async with _closing(job.provider.stream(job.request)) as deltas:
-                    async for delta in deltas:
-                        if isinstance(delta, TextDelta):
-                            event, data = "delta", _dumps({"text": delta.text})
-                        elif isinstance(delta, ReasoningDelta):
-                            event, data = "reasoning", _dumps({"text": delta.text})
-                        elif isinstance(delta, ToolCallDelta):
-                            event, data = "tool_call", _dumps(delta.to_dict())
-                        elif isinstance(delta, Usage):
-                            usage = delta.to_dict()  # the last report wins; sent before done
-                            continue
-                        elif isinstance(delta, Finish):
-                            # Keep reading: OpenAI sends usage after the finish_reason chunk.
-                            finish_reason = delta.reason
-                            continue
-                        elif isinstance(delta, RefusalDelta):
-                            event, data = "refusal", _dumps({"text": delta.text})
-                        elif isinstance(delta, AnnotationDelta):
-                            event, data = "annotations", _dumps({"annotations": delta.annotations})
-                        elif isinstance(delta, ResponseMeta):
-                            # About the response, not a token: stored, not counted.
-                            await store.append(sid, "meta", _dumps(delta.to_dict()))
-                            continue
-                        else:
-                            continue
-                        now = time.monotonic()
-                        if first_token:
-                            first_token = False
-                            job.first_delta = now
-                            self._notify("on_first_token", sid, now - job.started)
-                        await store.append(sid, event, data)
-                        job.deltas += 1
-                        job.last_delta = now
-                return _Outcome(StreamStatus.DONE, {"finish_reason": finish_reason}, usage=usage)
-        except SsegateError as exc:
-            if not job.scope.cancel_called:
-                logger.info("stream %s ended with %s: %s", sid, exc.code, exc.detail)
-                error = exc.to_dict()
-                return _Outcome(StreamStatus.ERROR, error, usage=usage, error=error)
-        except Exception:
-            if not job.scope.cancel_called:
-                logger.exception("stream %s: the generation failed", sid)
-                return _internal_error(usage)
-        # The scope was cancelled (what the provider raised while closing doesn't matter).
-        if job.cause is not None:
-            return _Outcome(
-                StreamStatus.CANCELLED, {"cause": job.cause}, usage=usage, cause=job.cause
-            )
-        error = {
-            "code": "timeout",
-            "message": "the generation ran longer than its time limit",
-            "retryable": False,
-        }
-        return _Outcome(StreamStatus.ERROR, error, usage=usage, error=error, cause="timeout")
-
-    async def _finish(self, job: _Job, outcome: _Outcome) -> None:
-        sid = job.stream_id
-        try:
-            if outcome.status is StreamStatus.DONE and outcome.usage is not None:
-                await self.store.append(sid, "usage", _dumps(outcome.usage))
-            await self.store.finish(
-                sid,
-                outcome.status,
-                _dumps(outcome.data),
-                usage=outcome.usage,
-                error=outcome.error,
-                cause=outcome.cause,
-            )
-        except StoreError as exc:  # deleted meanwhile, or the store is down
-            logger.warning("stream %s: could not record its end: %s", sid, exc)
-
-    async def _watch_cancel(self, job: _Job) -> None:
-        try:
-            cause = await self.store.wait_cancel(job.stream_id)
-        except StoreError as exc:
-            logger.warning("stream %s: cannot watch for cancel: %s", job.stream_id, exc)
-            return
-        job.cancel(cause)
-
-    async def _watch_abandon(self, job: _Job) -> None:
-        try:
-            await self.store.wait_abandoned(job.stream_id, job.grace)
-        except StoreError as exc:
-            logger.warning("stream %s: cannot watch subscribers: %s", job.stream_id, exc)
-            return
-        job.cancel("disconnect")
-
-    async def _keep_lease(self, job: _Job) -> None:
-        interval = self.store.lease_ttl / 3
-        while True:
-            await anyio.sleep(interval)
-            try:
-                await self.store.renew_lease(job.stream_id)
-            except StoreError as exc:
-                logger.warning("stream %s: lease not renewed: %s", job.stream_id, exc)
+    def _forget(self, stream_id: str) -> None:
+        del self._jobs[stream_id]
 
     def _notify(self, name: str, *args: Any) -> None:
-        if self.observer is None:
-            return
-        try:
-            getattr(self.observer, name)(*args)
-        except Exception:
-            logger.exception("job observer %s failed", name)
-
-
-def _internal_error(usage: dict[str, Any] | None = None) -> _Outcome:
-    error = {"code": "internal", "message": "internal error", "retryable": False}
-    return _Outcome(StreamStatus.ERROR, error, usage=usage, error=error)
+        notify_observer(self.observer, name, *args)
