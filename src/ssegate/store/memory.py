@@ -1,11 +1,9 @@
 """The in-process store: the embedded default, for one gateway instance.
 
-Each stream keeps its events in one ring buffer of ``max_events`` slots (event ``n`` lives in
-slot ``(n - 1) % max_events``), so appending, trimming and reading any id are O(1) and the
-bound is exact. Followers don't copy events: each keeps only the next id it wants and, once
-caught up, waits on a waiter of its own (:mod:`ssegate._aio`: a future on asyncio, an
-``anyio.Event`` elsewhere) that the next ``append`` wakes. A slow follower therefore costs no
-memory; if it falls behind the cap it gets :class:`StreamGapError`.
+This module holds the store's map of streams, its bounds, expiry, eviction, aliases and
+counters. One stream's ring of ``max_events`` events, its followers' waiters, cancel and lease
+live in :mod:`ssegate.store._memory_stream`. Followers don't copy events, so a slow follower
+costs no memory; if it falls behind the cap it gets :class:`StreamGapError`.
 
 Expiry needs no background task: a finished stream's TTL is checked when the stream is looked
 up, and ``create`` sweeps expired streams (oldest finish first, amortised O(1)). When the store
@@ -20,7 +18,6 @@ Not thread-safe: use it from the event loop that created it.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -30,7 +27,7 @@ from typing import Any
 
 import anyio
 
-from .._aio import Waiter, wait, waiter_factory, wake
+from .._aio import waiter_factory
 from ._base import (
     FINISH_INPUTS,
     FOLLOW_BATCH,
@@ -45,6 +42,7 @@ from ._base import (
     StreamStatus,
 )
 from ._errors import StoreFullError, StoreUnavailableError, StreamNotFoundError
+from ._memory_stream import MemoryStream
 
 __all__ = ["MemoryStore", "MemoryStoreConfig"]
 
@@ -74,118 +72,6 @@ class MemoryStoreConfig:
             raise ValueError("lease_ttl must be positive")
 
 
-class _Stream:
-    """One stream's mutable state; never leaves this module (``StreamInfo`` does)."""
-
-    __slots__ = (
-        "cancel_cause",
-        "cancel_event",
-        "cancel_requested",
-        "cap",
-        "cause",
-        "created",
-        "error",
-        "expires_at",
-        "finished_at",
-        "gone",
-        "id",
-        "last_id",
-        "lease_expires",
-        "model",
-        "owner",
-        "provider",
-        "ring",
-        "status",
-        "subscribers",
-        "subscribers_changed",
-        "usage",
-        "waiters",
-    )
-
-    def __init__(
-        self,
-        stream_id: str,
-        *,
-        model: str,
-        provider: str,
-        owner: str | None,
-        created: float,
-        cap: int,
-        lease_expires: float,
-    ):
-        self.id = stream_id
-        self.model = model
-        self.provider = provider
-        self.owner = owner
-        self.created = created
-        self.status = StreamStatus.RUNNING
-        self.finished_at: float | None = None
-        self.expires_at: float | None = None
-        self.usage: dict[str, Any] | None = None
-        self.error: dict[str, Any] | None = None
-        self.cause: str | None = None
-        self.cancel_requested = False
-        self.cancel_cause: str | None = None
-        self.cancel_event = anyio.Event()
-        self.lease_expires = lease_expires
-        self.ring: list[StoredEvent] = []
-        self.cap = cap
-        self.last_id = 0
-        # One waiter per caught-up follower, fired and dropped by the next append: an append
-        # nobody waits for allocates nothing.
-        self.waiters: list[Waiter] = []
-        self.subscribers = 0
-        self.subscribers_changed = anyio.Event()
-        self.gone = False
-
-    def first_id(self) -> int:
-        """The oldest kept id (1 while nothing was trimmed)."""
-        return max(1, self.last_id - self.cap + 1)
-
-    def at(self, event_id: int) -> StoredEvent:
-        return self.ring[(event_id - 1) % self.cap]
-
-    def push(self, event: StoredEvent) -> bool:
-        """Store ``event`` (its id is ``last_id + 1``); return whether the ring grew."""
-        self.last_id = event.id
-        if len(self.ring) < self.cap:
-            self.ring.append(event)
-            return True
-        self.ring[(event.id - 1) % self.cap] = event
-        return False
-
-    def wake_followers(self) -> None:
-        waiters = self.waiters
-        if waiters:
-            self.waiters = []
-            for waiter in waiters:
-                wake(waiter)
-
-    def wake_watchers(self) -> None:
-        changed, self.subscribers_changed = self.subscribers_changed, anyio.Event()
-        changed.set()
-
-    def info(self) -> StreamInfo:
-        cause = self.cause
-        if cause is None and self.cancel_requested and self.status is StreamStatus.RUNNING:
-            cause = self.cancel_cause
-        return StreamInfo(
-            id=self.id,
-            status=self.status,
-            model=self.model,
-            provider=self.provider,
-            owner=self.owner,
-            created=self.created,
-            finished_at=self.finished_at,
-            last_event_id=self.last_id,
-            usage=dict(self.usage) if self.usage is not None else None,
-            error=dict(self.error) if self.error is not None else None,
-            cancel_requested=self.cancel_requested,
-            cause=cause,
-            subscribers=self.subscribers,
-        )
-
-
 class MemoryStore(Store):
     """A :class:`~ssegate.store.Store` in this process's memory, bounded by ``config``.
 
@@ -202,9 +88,9 @@ class MemoryStore(Store):
         self.config = config if config is not None else MemoryStoreConfig()
         self.lease_ttl = self.config.lease_ttl
         self._clock = clock
-        self._streams: dict[str, _Stream] = {}
+        self._streams: dict[str, MemoryStream] = {}
         # Finished streams, oldest finish first: with one TTL for all, also expiry order.
-        self._finished: OrderedDict[str, _Stream] = OrderedDict()
+        self._finished: OrderedDict[str, MemoryStream] = OrderedDict()
         self._closed = False
         self._running = 0
         self._events = 0
@@ -216,7 +102,7 @@ class MemoryStore(Store):
 
     # -- lookup and expiry --------------------------------------------------------------
 
-    def _lookup(self, stream_id: str) -> _Stream:
+    def _lookup(self, stream_id: str) -> MemoryStream:
         if self._closed:
             raise StoreUnavailableError("the store is closed")
         stream = self._streams.get(stream_id)
@@ -227,16 +113,12 @@ class MemoryStore(Store):
             raise StreamNotFoundError("no such stream")
         return stream
 
-    def _remove(self, stream: _Stream) -> None:
+    def _remove(self, stream: MemoryStream) -> None:
         del self._streams[stream.id]
         self._finished.pop(stream.id, None)
         if stream.status is StreamStatus.RUNNING:
             self._running -= 1
-        self._events -= len(stream.ring)
-        stream.ring = []  # free it now; a follower checks `gone` before reading the ring
-        stream.gone = True
-        stream.wake_followers()
-        stream.wake_watchers()
+        self._events -= stream.discard()  # frees the ring now and wakes its waiters
 
     def _sweep(self) -> None:
         now = self._clock()
@@ -269,7 +151,7 @@ class MemoryStore(Store):
                 )
             self._remove(next(iter(self._finished.values())))
         now = self._clock()
-        stream = _Stream(
+        stream = MemoryStream(
             stream_id,
             model=model,
             provider=provider,
@@ -316,12 +198,14 @@ class MemoryStore(Store):
         if stream.push(stored):
             self._events += 1
         now = self._clock()
-        stream.status = new_status
-        stream.finished_at = now
-        stream.expires_at = now + self.config.finished_ttl
-        stream.usage = usage
-        stream.error = error
-        stream.cause = cause
+        stream.mark_finished(
+            new_status,
+            now=now,
+            expires_at=now + self.config.finished_ttl,
+            usage=usage,
+            error=error,
+            cause=cause,
+        )
         self._running -= 1
         self._finished[stream.id] = stream
         stream.wake_followers()
@@ -344,7 +228,7 @@ class MemoryStore(Store):
         if after + 1 < first and stream.last_id > after:
             raise StreamGapError(stream.id, after=after, first_id=first)
         end = stream.last_id if limit is None else min(stream.last_id, after + limit)
-        return [stream.at(i) for i in range(after + 1, end + 1)]
+        return stream.events(after + 1, end)
 
     async def follow_batches(
         self, stream_id: str, after: int = 0, limit: int = FOLLOW_BATCH
@@ -368,7 +252,7 @@ class MemoryStore(Store):
                     if next_id < first:
                         raise StreamGapError(stream.id, after=next_id - 1, first_id=first)
                     end = min(stream.last_id, next_id + limit - 1)
-                    batch = [stream.at(i) for i in range(next_id, end + 1)]
+                    batch = stream.events(next_id, end)
                     next_id = end + 1
                     yield batch
                     continue
@@ -378,14 +262,7 @@ class MemoryStore(Store):
                     raise self._gone_error()
                 if stream.lease_expires <= self._clock():
                     raise ProducerLostError("the stream's producer stopped renewing its lease")
-                waiter = new_waiter()
-                stream.waiters.append(waiter)
-                try:
-                    await wait(waiter)
-                finally:
-                    if stream.waiters:  # cancelled before an append fired it: unlist it
-                        with contextlib.suppress(ValueError):
-                            stream.waiters.remove(waiter)
+                await stream.wait_for_append(new_waiter)
         finally:
             self._followers -= 1
 
@@ -394,10 +271,7 @@ class MemoryStore(Store):
         stream = self._lookup(stream_id)
         if stream.status.is_terminal:
             return False
-        if not stream.cancel_requested:
-            stream.cancel_requested = True
-            stream.cancel_cause = cause
-            stream.cancel_event.set()
+        stream.request_cancel(cause)
         return True
 
     async def wait_cancel(self, stream_id: str) -> str:
@@ -453,10 +327,8 @@ class MemoryStore(Store):
             stream = self._lookup(stream_id)
         except StreamNotFoundError:
             return False
-        if stream.status is StreamStatus.RUNNING and not stream.cancel_requested:
-            stream.cancel_requested = True
-            stream.cancel_cause = "deleted"
-            stream.cancel_event.set()
+        if stream.status is StreamStatus.RUNNING:
+            stream.request_cancel("deleted")
         self._remove(stream)
         return True
 
