@@ -140,3 +140,40 @@ async def test_followers_are_closed_resumably_and_resume_on_another_instance(
                 got += [event async for event in events(response)]
     assert [e[0] for e in got] == list(range(1, 154))
     assert got[-1][1] == "done"
+
+
+async def test_a_drain_waits_for_the_followers_of_its_own_streams_only() -> None:
+    # After the drain's generations are over, their followers here still have the last events
+    # to write: the drain waits for the responses of those streams, not for any other.
+    from ssegate.gateway._event_streams import EventStreamTracker, TrackedEventSourceResponse
+
+    tracker = EventStreamTracker()
+    last_events = {"local": anyio.Event(), "remote": anyio.Event()}
+
+    async def body(name: str) -> AsyncIterator[str]:
+        yield "first"
+        await last_events[name].wait()
+        yield "last"
+
+    async def receive() -> dict[str, Any]:
+        await anyio.sleep_forever()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    scope = {"type": "http", "method": "GET", "headers": []}
+    async with anyio.create_task_group() as tg:
+        for name in last_events:
+            response = TrackedEventSourceResponse(body(name), stream_id=name, tracker=tracker)
+            tg.start_soon(response, scope, receive, send)
+        await anyio.wait_all_tasks_blocked()
+        assert sorted(r.stream_id for r in tracker.live()) == ["local", "remote"]
+        with anyio.move_on_after(0.2) as waited:
+            await tracker.until_closed({"local"})
+        assert waited.cancelled_caught  # its follower has not written its last event yet
+        last_events["local"].set()
+        with anyio.fail_after(5):
+            await tracker.until_closed({"local"})  # the remote stream's follower is still open
+        assert [r.stream_id for r in tracker.live()] == ["remote"]
+        tg.cancel_scope.cancel()
