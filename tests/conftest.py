@@ -10,6 +10,9 @@ Tests share these servers, so none may depend on another's state:
 * ``redis_server`` is the session's redis-server; each test works under its own key prefix
   (``redis_prefix``) or stream ids. A test that stops, restarts or reconfigures a server starts
   its own (``instance_helpers.RedisServer``).
+* ``redis_cluster`` is the session's Redis Cluster (three masters, three replicas), started
+  when a test first asks for it. A test that kills a node starts its own
+  (``cluster_helpers.running_cluster``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from cluster_helpers import LocalCluster, running_cluster
 from instance_helpers import RedisServer, running_redis
 from ssegate.testing import MockUpstream, Scenario
 
@@ -68,6 +72,13 @@ def redis_server() -> Iterator[RedisServer]:
     """The session's one throw-away redis-server on a free loopback port."""
     with running_redis() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalCluster]:
+    """The session's one throw-away Redis Cluster on free loopback ports."""
+    with running_cluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture

@@ -1,8 +1,10 @@
 """Several gateway processes on one Redis: resume, cancel, lost producers and Redis faults.
 
 Every gateway is a real ``python -m ssegate serve`` subprocess on its own port, with
-``--store redis://…`` pointing at a real, throw-away ``redis-server``; the mock upstream runs
-in this process, so its records show what each instance did to its upstream connection.
+``--store redis://…`` pointing at a real, throw-away ``redis-server`` — and the tests that
+don't stop Redis again with ``--store redis+cluster://…`` on a real local Redis Cluster (three
+masters, three replicas); the mock upstream runs in this process, so its records show what
+each instance did to its upstream connection.
 """
 
 from __future__ import annotations
@@ -50,16 +52,21 @@ def gateway(mock: MockUpstream, redis_url: str, *extra: str) -> GatewayProcess:
     )
 
 
+@pytest.fixture(scope="module", params=["redis", "cluster"])
+def store_url(request: pytest.FixtureRequest) -> str:
+    """The store the gateways share: one redis-server, or a Redis Cluster."""
+    if request.param == "cluster":
+        return str(request.getfixturevalue("redis_cluster").url)
+    return str(request.getfixturevalue("redis_server").url)
+
+
 @pytest.fixture(scope="module")
 def pair(
-    redis_server: RedisServer, mock_upstream: MockUpstream
+    store_url: str, mock_upstream: MockUpstream
 ) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
-    """Two instances, A and B, that live for the whole module."""
+    """Two instances, A and B, that live for the whole module (per store)."""
     mock = mock_upstream
-    with running_gateways(gateway(mock, redis_server.url), gateway(mock, redis_server.url)) as (
-        a,
-        b,
-    ):
+    with running_gateways(gateway(mock, store_url), gateway(mock, store_url)) as (a, b):
         yield a, b
 
 
@@ -133,6 +140,52 @@ async def test_follow_on_b_cut_resume_on_a_gets_the_exact_sequence(
     record = request_with(mock, word)
     assert "".join(e[2]["text"] for e in got if e[1] == "delta") == record.text
     assert got[-2][2] == record.usage
+
+
+async def test_a_resume_on_the_other_instance_at_every_cut_point_of_a_50_event_stream(
+    pair: tuple[GatewayProcess, GatewayProcess], mock: MockUpstream
+) -> None:
+    """49 live streams of 50 events at once, each cut after a different number of events on
+    the instance that doesn't generate it and resumed on the one that does (or the other way
+    round): every one gets its 50 events exactly once, in order."""
+    a, b = pair
+    results: dict[int, list[Event]] = {}
+
+    async def cut_at(cut: int, client: httpx.AsyncClient) -> None:
+        producer, follower = (a, b) if cut % 2 else (b, a)
+        # "continue": a resume that comes after the grace period (49 at once on a busy
+        # machine) must still find the stream running.
+        body = await start(
+            client,
+            producer.url,
+            f"{nonce()} [[tokens:47]] [[interval_ms:5]]",
+            on_disconnect="continue",
+        )
+        got: list[Event] = []
+        async with client.stream("GET", follower.url + body["events_url"]) as response:
+            assert response.status_code == 200
+            async for event in events(response):
+                got.append(event)
+                if len(got) == cut:
+                    break
+        headers = {"Last-Event-ID": str(got[-1][0])}
+        async with client.stream(
+            "GET", producer.url + body["events_url"], headers=headers
+        ) as response:
+            assert response.status_code == 200, (cut, got[-3:])
+            got += [event async for event in events(response)]
+        results[cut] = got
+
+    limits = httpx.Limits(max_connections=120)
+    async with httpx.AsyncClient(timeout=20, limits=limits) as client:
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                for cut in range(1, 50):
+                    tg.start_soon(cut_at, cut, client)
+    for cut, got in sorted(results.items()):
+        assert [e[0] for e in got] == list(range(1, 51)), (cut, [e[0] for e in got])
+        assert [e[1] for e in got] == ["start"] + ["delta"] * 47 + ["usage", "done"], cut
+    assert len(results) == 49
 
 
 async def test_status_and_subscribers_are_shared(
@@ -221,12 +274,9 @@ async def test_last_subscriber_leaving_b_cancels_the_generation_on_a(
 
 
 async def test_followers_get_producer_lost_when_the_producer_is_killed(
-    redis_server: RedisServer, mock: MockUpstream
+    store_url: str, mock: MockUpstream
 ) -> None:
-    with running_gateways(gateway(mock, redis_server.url), gateway(mock, redis_server.url)) as (
-        a,
-        b,
-    ):
+    with running_gateways(gateway(mock, store_url), gateway(mock, store_url)) as (a, b):
         async with httpx.AsyncClient(timeout=10) as client:
             body = await start(client, a.url, f"{nonce()} [[tokens:2000]] [[interval_ms:20]]")
             got: list[Event] = []

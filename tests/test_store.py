@@ -75,6 +75,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                 ("memory", "asyncio"),
                 ("memory", "trio"),
                 pytest.param("redis", "asyncio", marks=pytest.mark.redis),
+                pytest.param("cluster", "asyncio", marks=pytest.mark.redis),
             ],
             indirect=True,
         )
@@ -86,6 +87,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def store_kind(request: pytest.FixtureRequest) -> tuple[str, str | None]:
     if request.param == "redis":
         return "redis", request.getfixturevalue("redis_server").url
+    if request.param == "cluster":
+        return "redis", request.getfixturevalue("redis_cluster").url
     return request.param, None
 
 

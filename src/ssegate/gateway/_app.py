@@ -68,7 +68,7 @@ _HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _open_store(settings: Settings) -> Store:
-    """The store ``--store`` names: ``memory``, or ``redis://``/``rediss://``/``unix://``."""
+    """The store ``--store`` names: ``memory``, or a Redis URL (``RedisStoreConfig.url``)."""
     config = settings.store
     if config.url == "memory":
         return MemoryStore(

@@ -32,7 +32,7 @@ OnDisconnect = Literal["cancel", "continue"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 ProviderKind = Literal["demo", "openai", "anthropic", "ollama"]
 
-_STORE_SCHEMES = ("redis://", "rediss://", "unix://")
+_STORE_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 _UI_CHAT_PATH = re.compile(r"/v1(?:/[A-Za-z0-9_-][A-Za-z0-9_.-]*)+")
 
 
@@ -158,8 +158,9 @@ class StoreConfig:
     url: str = option(
         "memory",
         "Where streams live: 'memory' (one instance) or Redis for several instances: "
-        "redis://[:password@]host:port/db, rediss:// for TLS (keep the password in "
-        "SSEGATE_STORE rather than on the command line).",
+        "redis://[:password@]host:port/db, rediss:// for TLS, or a Redis Cluster: "
+        "redis+cluster://host:port[,host:port...] (rediss+cluster:// for TLS). Keep a password "
+        "in SSEGATE_STORE rather than on the command line.",
         flag="--store",
         secret=True,
     )
@@ -192,8 +193,8 @@ class StoreConfig:
         validate(self)
         if self.url != "memory" and not self.url.startswith(_STORE_SCHEMES):
             raise ValueError(
-                "--store must be 'memory' or a redis://, rediss:// or unix:// URL "
-                "(got another scheme)"
+                "--store must be 'memory' or a redis://, rediss://, unix://, redis+cluster:// "
+                "or rediss+cluster:// URL (got another scheme)"
             )
 
 

@@ -31,7 +31,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["RedisStoreConfig", "alias_key", "stream_channels", "stream_keys"]
+__all__ = [
+    "RedisStoreConfig",
+    "alias_key",
+    "cluster_nodes",
+    "stream_channels",
+    "stream_keys",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,14 +45,16 @@ class RedisStoreConfig:
     """Where and how a :class:`~ssegate.store.redis.RedisStore` keeps streams.
 
     ``url``: ``redis://[[user]:password@]host:port/db``, ``rediss://`` for TLS, or
-    ``unix:///path?db=0``. ``key_prefix`` starts every key and channel (several deployments can
-    share one Redis). ``max_events`` are kept per stream at least (``XADD MAXLEN ~``); a
-    finished stream expires ``finished_ttl`` s after it ends; a producer's lease (and a
-    subscriber's) lasts ``lease_ttl`` s. ``max_connections`` bounds the command pool (callers
-    wait up to ``op_timeout`` for a free one); ``connect_timeout`` and ``op_timeout`` bound
-    connecting and one command. ``cache_events`` recent events are kept per followed stream
-    per instance. ``heartbeat``: after that many seconds without a message the pub/sub
-    connection is pinged, and dropped if the next period stays silent too.
+    ``unix:///path?db=0``; a Redis Cluster (Redis ≥ 7, or Valkey) is
+    ``redis+cluster://[[user]:password@]host:port[,host:port…]`` (``rediss+cluster://`` for
+    TLS): any reachable node will do, the rest are discovered. ``key_prefix`` starts every key
+    and channel (several deployments can share one Redis). ``max_events`` are kept per stream at
+    least (``XADD MAXLEN ~``); a finished stream expires ``finished_ttl`` s after it ends; a
+    producer's lease (and a subscriber's) lasts ``lease_ttl`` s. ``max_connections`` bounds the
+    command pool (callers wait up to ``op_timeout`` for a free one); ``connect_timeout`` and
+    ``op_timeout`` bound connecting and one command. ``cache_events`` recent events are kept per
+    followed stream per instance. ``heartbeat``: after that many seconds without a message the
+    pub/sub connection is pinged, and dropped if the next period stays silent too.
     """
 
     url: str = "redis://127.0.0.1:6379/0"
@@ -61,8 +69,14 @@ class RedisStoreConfig:
     heartbeat: float = 5.0
 
     def __post_init__(self) -> None:
-        if urlsplit(self.url).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("url must start with redis://, rediss:// or unix://")
+        scheme = urlsplit(self.url).scheme
+        if scheme not in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
+            raise ValueError(
+                "url must start with redis://, rediss://, unix://, redis+cluster:// "
+                "or rediss+cluster://"
+            )
+        if self.cluster:
+            cluster_nodes(self.url)  # raises ValueError for a bad host list
         if self.max_events < 1:
             raise ValueError("max_events must be at least 1")
         for name in ("finished_ttl", "lease_ttl", "connect_timeout", "op_timeout", "heartbeat"):
@@ -74,16 +88,34 @@ class RedisStoreConfig:
             raise ValueError("cache_events must be at least 1")
 
     @property
+    def cluster(self) -> bool:
+        """Whether ``url`` names a Redis Cluster."""
+        return urlsplit(self.url).scheme.endswith("+cluster")
+
+    @property
     def safe_url(self) -> str:
         """The URL without its password, for messages and logs."""
         parts = urlsplit(self.url)
-        if parts.password is None:
+        userinfo, at, hosts = parts.netloc.rpartition("@")
+        if not at or ":" not in userinfo:
             return self.url
-        user = parts.username or ""
-        host = parts.hostname or ""
-        if parts.port is not None:
-            host = f"{host}:{parts.port}"
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+        user = userinfo.split(":", 1)[0]
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{hosts}"))
+
+
+def cluster_nodes(url: str) -> list[tuple[str, int]]:
+    """The ``(host, port)`` pairs a ``redis+cluster://`` URL names (port 6379 if left out)."""
+    hosts = urlsplit(url).netloc.rpartition("@")[2]
+    nodes: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, colon, port = item.strip().rpartition(":")
+        if not colon:
+            host, port = item.strip(), "6379"
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"not a host:port in the cluster URL: {item.strip()!r}")
+        nodes.append((host, int(port)))
+    return nodes
 
 
 def stream_keys(key_prefix: str, sid: str) -> tuple[bytes, bytes, bytes, bytes]:

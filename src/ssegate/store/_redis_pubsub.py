@@ -10,12 +10,10 @@ leave the store's modules. :class:`~ssegate.store.redis.RedisStore` builds the
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import secrets
 import time
-from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
@@ -26,122 +24,37 @@ from anyio.abc import TaskGroup
 from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 
 from ._base import TERMINAL_EVENTS, StoredEvent
 from ._errors import StoreError, StoreUnavailableError, StreamNotFoundError
+from ._redis_cluster import (
+    ClusterScriptWriter,
+    ShardListeners,
+    connect_cluster,
+)
 from ._redis_keys import RedisStoreConfig, stream_channels, stream_keys
-from ._redis_scripts import SCRIPTS
+from ._redis_scripts import script_sources
+from ._redis_watch import Watch
 from ._redis_writer import ScriptWriter
 
-__all__ = ["RedisHub", "Watch"]
+__all__ = ["RedisHub"]
 
 log = logging.getLogger("ssegate.store.redis")
 
 
-# -- per-stream state in this process ---------------------------------------------------------
-
-
-class Watch:
-    """What this process knows and waits for about one stream, while anything here waits."""
-
-    __slots__ = (
-        "append_error",
-        "cache",
-        "cancel_cause",
-        "cancel_changed",
-        "channels",
-        "confirmed",
-        "epoch",
-        "events_changed",
-        "flushed",
-        "flushed_at",
-        "gone",
-        "last_id",
-        "lease_deadline",
-        "local",
-        "next_append",
-        "pending",
-        "refs",
-        "sid",
-        "subs_changed",
-    )
-
-    def __init__(self, sid: str, channels: tuple[bytes, bytes], cache: int) -> None:
-        self.sid = sid
-        self.channels = channels  # (control, data)
-        self.refs = 0
-        # Recent events with consecutive ids; a follower reads Redis for anything else.
-        self.cache: deque[StoredEvent] = deque(maxlen=cache)
-        self.last_id = 0  # the highest id this process has heard of
-        self.lease_deadline = -math.inf  # monotonic time until which the lease surely holds
-        # True while this process produces the stream: every event goes through this watch,
-        # so a follower needs no Redis read to wait for the next one.
-        self.local = False
-        # The producer's appends in flight (see RedisStore.append): the id the next one gets,
-        # how many Redis has not answered yet, the first that failed, and an event set when
-        # at most `flushed_at` are left in flight (made by whoever waits for that).
-        self.next_append = 1
-        self.pending = 0
-        self.append_error: StoreError | None = None
-        self.flushed: anyio.Event | None = None
-        self.flushed_at = 0  # `flushed` is set once at most this many are in flight
-        # Bumped whenever notices may have been missed (a (re)subscription took effect):
-        # followers then read Redis again.
-        self.epoch = 0
-        self.confirmed: set[bytes] = set()
-        self.cancel_cause: str | None = None
-        self.gone = False
-        self.events_changed = anyio.Event()
-        self.cancel_changed = anyio.Event()
-        self.subs_changed = anyio.Event()
-
-    def has(self, event_id: int) -> bool:
-        """Whether event ``event_id`` is cached."""
-        cache = self.cache
-        return bool(cache) and cache[0].id <= event_id <= cache[-1].id
-
-    def events(self, event_id: int, limit: int) -> list[StoredEvent]:
-        """The cached events from ``event_id`` on, at most ``limit`` (none if it isn't cached)."""
-        cache = self.cache
-        if cache:
-            first = cache[0].id
-            if first <= event_id <= cache[-1].id:
-                start = event_id - first
-                return list(itertools.islice(cache, start, start + limit))
-        return []
-
-    def push(self, event: StoredEvent, *, wake: bool = True) -> None:
-        """Cache ``event`` (and wake the followers, unless the caller will)."""
-        cache = self.cache
-        if cache and event.id <= cache[-1].id:
-            return  # already known (our own event, echoed)
-        if cache and event.id != cache[-1].id + 1:
-            cache.clear()  # keep the ids consecutive; followers read the hole from Redis
-        cache.append(event)
-        if event.id > self.last_id:
-            self.last_id = event.id
-        if wake:
-            self.wake_events()
-
-    def wake_events(self) -> None:
-        changed, self.events_changed = self.events_changed, anyio.Event()
-        changed.set()
-
-    def wake_cancel(self) -> None:
-        changed, self.cancel_changed = self.cancel_changed, anyio.Event()
-        changed.set()
-
-    def wake_subs(self) -> None:
-        changed, self.subs_changed = self.subs_changed, anyio.Event()
-        changed.set()
-
-    def wake_all(self) -> None:
-        self.wake_events()
-        self.wake_cancel()
-        self.wake_subs()
-
+#: Errors that say Redis can't serve now, not that the command is wrong: a full or loading
+#: server, a replica, a cluster that is down or moving a slot.
+_UNAVAILABLE = (
+    redis_errors.ClusterDownError,
+    redis_errors.TryAgainError,
+    redis_errors.OutOfMemoryError,
+    redis_errors.ReadOnlyError,
+    redis_errors.BusyLoadingError,
+)
+_UNAVAILABLE_REPLIES = ("OOM", "LOADING", "READONLY", "CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN")
 
 #: Seconds ``aclose`` waits for the writer to send what is queued.
 _FLUSH_ON_CLOSE = 5.0
@@ -165,7 +78,8 @@ class RedisHub:
         self._ttl_ms = _ms(cfg.finished_ttl)
         self._instance = secrets.token_hex(6)
         self._own_channel = f"{cfg.key_prefix}_instance:{self._instance}".encode()
-        self._redis: Redis | None = None
+        self._redis: Redis | RedisCluster | None = None
+        self._shards: ShardListeners | None = None  # on a cluster: a pub/sub per master
         self._pubsub_pool: ConnectionPool | None = None
         self._pubsub: PubSub | None = None
         self._tg: TaskGroup | None = None
@@ -181,7 +95,8 @@ class RedisHub:
         self._produced = 0
         self._scripts: dict[str, Any] = {}
         # Every script call goes through one pipelined writer (see _redis_writer).
-        self._writer = ScriptWriter(self._client, self._scripts, self._translate)
+        writer = ClusterScriptWriter if cfg.cluster else ScriptWriter
+        self._writer = writer(self._client, self._scripts, self._translate)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -195,25 +110,38 @@ class RedisHub:
             "socket_keepalive": True,
             "health_check_interval": 0,
         }
-        pool = BlockingConnectionPool.from_url(
-            cfg.url,
-            max_connections=cfg.max_connections,
-            timeout=cfg.op_timeout,
-            socket_timeout=cfg.op_timeout,
-            # One retry on a fresh connection, only for connection errors: a pooled connection
-            # made stale by a Redis restart. A timed-out command is not retried (it may have
-            # run, and an append must not run twice).
-            retry=Retry(
-                ExponentialBackoff(cap=0.05, base=0.01), 1, (redis_errors.ConnectionError,)
-            ),
-            **common,
-        )
-        self._redis = Redis(connection_pool=pool)
-        # The pub/sub connection reconnects under our control (and resyncs), not redis-py's.
-        self._pubsub_pool = ConnectionPool.from_url(
-            cfg.url, max_connections=4, retry=Retry(NoBackoff(), 0), **common
-        )
-        for name, source in SCRIPTS.items():
+        if cfg.cluster:
+            cluster = connect_cluster(cfg)
+            self._redis = cluster
+            self._shards = ShardListeners(
+                cfg,
+                cluster,
+                self._own_channel,
+                self._read_messages,
+                lambda: list(self._by_channel),
+                self._lost,
+            )
+        else:
+            pool = BlockingConnectionPool.from_url(
+                cfg.url,
+                max_connections=cfg.max_connections,
+                timeout=cfg.op_timeout,
+                socket_timeout=cfg.op_timeout,
+                # One retry on a fresh connection, only for connection errors: a pooled
+                # connection made stale by a Redis restart. A timed-out command is not retried
+                # (it may have run, and an append must not run twice).
+                retry=Retry(
+                    ExponentialBackoff(cap=0.05, base=0.01), 1, (redis_errors.ConnectionError,)
+                ),
+                **common,
+            )
+            self._redis = Redis(connection_pool=pool)
+            # The pub/sub connection reconnects under our control (and resyncs), not
+            # redis-py's.
+            self._pubsub_pool = ConnectionPool.from_url(
+                cfg.url, max_connections=4, retry=Retry(NoBackoff(), 0), **common
+            )
+        for name, source in script_sources(sharded=cfg.cluster).items():
             self._scripts[name] = self._redis.register_script(source)
         try:
             with self._translate(f"cannot reach Redis at {cfg.safe_url}"):
@@ -262,8 +190,11 @@ class RedisHub:
     async def _disconnect(self) -> None:
         if self._redis is not None:
             try:
-                await self._redis.aclose(close_connection_pool=True)
-            except (redis_errors.RedisError, OSError):
+                if isinstance(self._redis, RedisCluster):
+                    await self._redis.aclose()
+                else:
+                    await self._redis.aclose(close_connection_pool=True)
+            except (redis_errors.RedisError, OSError, redis_errors.RedisClusterException):
                 pass
         if self._pubsub_pool is not None:
             try:
@@ -292,15 +223,15 @@ class RedisHub:
         try:
             yield
         except redis_errors.ResponseError as exc:
-            if "OOM" in str(exc) or "LOADING" in str(exc) or "READONLY" in str(exc):
+            if isinstance(exc, _UNAVAILABLE) or any(c in str(exc) for c in _UNAVAILABLE_REPLIES):
                 raise StoreUnavailableError(f"{what}: {exc}") from None
             raise StoreError(f"Redis refused a command: {exc}") from None
-        except (redis_errors.RedisError, OSError) as exc:
+        except (redis_errors.RedisError, OSError, redis_errors.RedisClusterException) as exc:
             if self._closed:
                 raise StoreUnavailableError("the store is closed") from None
             raise StoreUnavailableError(f"{what}: {exc or type(exc).__name__}") from None
 
-    def _client(self) -> Redis:
+    def _client(self) -> Redis | RedisCluster:
         if self._closed or self._redis is None:
             raise StoreUnavailableError(
                 "the store is closed" if self._closed else "the store is not open"
@@ -351,12 +282,15 @@ class RedisHub:
         return watch
 
     async def _send_subscribe(self, channels: list[bytes], watch: Watch) -> None:
-        pubsub = self._pubsub
         todo = [c for c in channels if c not in watch.confirmed]
-        if pubsub is None or not todo:
-            return  # the listener subscribes everything watched when it (re)connects
+        if not todo:
+            return
         try:
-            await pubsub.subscribe(*todo)
+            if self._shards is not None:
+                await self._shards.subscribe(todo)
+            elif self._pubsub is not None:
+                await self._pubsub.subscribe(*todo)
+            # else the listener subscribes everything watched when it (re)connects
         except (redis_errors.RedisError, OSError):
             pass  # the listener notices the broken connection and resubscribes
 
@@ -366,15 +300,30 @@ class RedisHub:
             return
         del self._watches[watch.sid]
         channels = [c for c in watch.channels if self._by_channel.pop(c, None) is not None]
-        pubsub = self._pubsub
-        if pubsub is not None and channels and not self._closed:
-            with anyio.move_on_after(1.0, shield=True):
-                try:
-                    await pubsub.unsubscribe(*channels)
-                except (redis_errors.RedisError, OSError):
-                    pass
+        if not channels or self._closed:
+            return
+        with anyio.move_on_after(1.0, shield=True):
+            try:
+                if self._shards is not None:
+                    await self._shards.unsubscribe(channels)
+                elif self._pubsub is not None:
+                    await self._pubsub.unsubscribe(*channels)
+            except (redis_errors.RedisError, OSError):
+                pass
+
+    def _lost(self) -> None:
+        """The pub/sub connection went down: whatever it would have said may be missed."""
+        if self._connected.is_set():
+            self._connected = anyio.Event()
+        for watch in list(self._watches.values()):
+            watch.confirmed.clear()
+            watch.epoch += 1
+            watch.wake_all()
 
     async def _listen(self) -> None:
+        if self._shards is not None:
+            await self._shards.run(self._closed_event)
+            return
         while not self._closed:
             assert self._pubsub_pool is not None
             pubsub = PubSub(self._pubsub_pool)
@@ -384,7 +333,7 @@ class RedisHub:
                 watched = list(self._by_channel)
                 if watched:
                     await pubsub.subscribe(*watched)
-                await self._read_messages(pubsub)
+                await self._read_messages(pubsub, self._own_channel)
             except (redis_errors.RedisError, OSError) as exc:
                 if self._connected.is_set():
                     log.warning("redis store: pub/sub connection lost (%s); reconnecting", exc)
@@ -392,12 +341,7 @@ class RedisHub:
                     log.warning("redis store: cannot connect for pub/sub (%s); retrying", exc)
             finally:
                 self._pubsub = None
-                if self._connected.is_set():
-                    self._connected = anyio.Event()
-                for watch in list(self._watches.values()):
-                    watch.confirmed.clear()
-                    watch.epoch += 1
-                    watch.wake_all()
+                self._lost()
                 with anyio.CancelScope(shield=True):
                     try:
                         await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]  # typed in redis >= 8
@@ -409,7 +353,10 @@ class RedisHub:
                 await self._closed_event.wait()
             self._listen_attempt = min(self._listen_attempt + 1, 6)
 
-    async def _read_messages(self, pubsub: PubSub) -> None:
+    async def _read_messages(self, pubsub: PubSub, own_channel: bytes) -> None:
+        """Handle one pub/sub connection's messages until it fails; ``own_channel``'s
+        confirmation says it is up. On a cluster the connection is one master's, and the
+        messages are sharded ones (``smessage``, ``ssubscribe``)."""
         pinged = False
         while True:
             message = await pubsub.get_message(timeout=self.config.heartbeat)
@@ -422,10 +369,13 @@ class RedisHub:
             pinged = False
             kind = message["type"]
             channel = message.get("channel")
-            if kind == "message":
+            if kind in ("message", "smessage"):
                 self._dispatch(channel, message["data"])
-            elif kind == "subscribe":
-                if channel == self._own_channel:
+            elif kind == "sunsubscribe" and channel in self._by_channel:
+                # Not asked for: the channel's slot moved to another master.
+                raise redis_errors.ConnectionError("a watched channel's slot moved")
+            elif kind in ("subscribe", "ssubscribe"):
+                if channel == own_channel:
                     if self._listen_attempt:
                         log.info("redis store: pub/sub reconnected to %s", self.config.safe_url)
                     self._listen_attempt = 0
@@ -487,13 +437,12 @@ class RedisHub:
             entries = list(self._subscribers.items())
             if not entries or self._redis is None:
                 continue
-            try:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for member, (sid, _, _) in entries:
-                        meta, _, _, subs = self._keys(sid)
-                        await self._scripts["subscribe"](
-                            keys=[meta, subs], args=[member, self._lease_ms, ""], client=pipe
-                        )
-                    await pipe.execute(raise_on_error=False)
-            except (redis_errors.RedisError, OSError) as exc:
-                log.warning("redis store: subscriber leases not renewed: %s", exc)
+            calls = []
+            for member, (sid, _, _) in entries:
+                meta, _, _, subs = self._keys(sid)
+                calls.append(("subscribe", [meta, subs], [member, self._lease_ms, ""]))
+            failed = [r for r in await self._writer.call_many(calls) if isinstance(r, StoreError)]
+            if failed:
+                log.warning(
+                    "redis store: %d subscriber leases not renewed: %s", len(failed), failed[0]
+                )

@@ -3,7 +3,7 @@ it is atomic (see the module docstring of ``ssegate.store.redis``)."""
 
 from __future__ import annotations
 
-__all__ = ["SCRIPTS"]
+__all__ = ["SCRIPTS", "script_sources"]
 
 # -- scripts ---------------------------------------------------------------------------------
 # Status codes: -1 = no such stream, -2 = the stream is finished. `TIME` before writes needs
@@ -171,3 +171,13 @@ SCRIPTS: dict[str, str] = {
     "unsubscribe": _UNSUBSCRIBE,
     "subscribers": _SUBSCRIBERS,
 }
+
+
+def script_sources(*, sharded: bool) -> dict[str, str]:
+    """The scripts by name; ``sharded``: for a Redis Cluster, publishing with ``SPUBLISH``
+    (sharded pub/sub, Redis ≥ 7: a message goes only to the nodes of its channel's shard, and
+    a channel ``P{S}:…`` hashes to the slot of its stream's keys) instead of ``PUBLISH``, which
+    a cluster broadcasts to every node."""
+    if not sharded:
+        return dict(SCRIPTS)
+    return {name: source.replace("'PUBLISH'", "'SPUBLISH'") for name, source in SCRIPTS.items()}

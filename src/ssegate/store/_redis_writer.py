@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import anyio
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from ._errors import StoreError, StoreUnavailableError
 
@@ -126,7 +127,7 @@ class ScriptWriter:
 
     def __init__(
         self,
-        client: Callable[[], Redis],
+        client: Callable[[], Redis | RedisCluster],
         scripts: dict[str, Any],
         translate: Callable[[], AbstractContextManager[None]],
     ) -> None:
@@ -143,6 +144,29 @@ class ScriptWriter:
     async def call(self, name: str, keys: list[bytes], args: list[Any]) -> Any:
         """Run script ``name`` in the next batch and return its reply."""
         return await self._submit(_Call(name, keys, args, None))
+
+    async def call_many(self, calls: list[tuple[str, list[bytes], list[Any]]]) -> list[Any]:
+        """Run several scripts, ``(name, keys, args)`` each, in the next batches; returns each
+        one's reply or its :class:`StoreError`, in order (it raises only the writer's own
+        error, once it has stopped)."""
+        if self._stopped is not None:
+            raise self._stopped
+        queued = [_Call(name, keys, args, None) for name, keys, args in calls]
+        self._queue.extend(queued)
+        self._ready.set()
+        try:
+            for call in queued:
+                assert call.done is not None
+                await call.done.wait()
+        except BaseException:
+            for call in queued:
+                if not call.sent:
+                    try:
+                        self._queue.remove(call)
+                    except ValueError:
+                        pass
+            raise
+        return [call.error if call.error is not None else call.result for call in queued]
 
     async def append(self, keys: list[bytes], args: list[Any], event: str, data: str) -> int:
         """Append one event with the ``append`` script (``args`` without the event); returns
@@ -285,7 +309,7 @@ class ScriptWriter:
             for call in batch:
                 call.error = exc
             answered = True
-        except (redis_errors.RedisError, OSError) as exc:
+        except (redis_errors.RedisError, OSError, redis_errors.RedisClusterException) as exc:
             error = self._error_of(exc)
             for call in batch:
                 call.error = error
@@ -310,7 +334,9 @@ class ScriptWriter:
             )
             for command in commands
         )
-        pool = self._client().connection_pool
+        client = self._client()
+        assert isinstance(client, Redis)  # a cluster's writer sends its own way
+        pool = client.connection_pool
         for attempt in (0, 1):
             connection = await pool.get_connection()  # type: ignore[no-untyped-call]
             try:

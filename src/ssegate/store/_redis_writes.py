@@ -24,7 +24,8 @@ from ._base import (
     StreamStatus,
 )
 from ._errors import StoreError, StreamNotFoundError
-from ._redis_pubsub import RedisHub, Watch
+from ._redis_pubsub import RedisHub
+from ._redis_watch import Watch
 
 __all__ = ["RedisWrites", "text"]
 

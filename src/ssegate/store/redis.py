@@ -66,7 +66,7 @@ from ._base import (
 )
 from ._errors import StoreError, StoreUnavailableError, StreamNotFoundError
 from ._redis_keys import RedisStoreConfig, alias_key
-from ._redis_pubsub import Watch
+from ._redis_watch import Watch
 from ._redis_writes import RedisWrites, text
 
 __all__ = ["RedisStore", "RedisStoreConfig"]
