@@ -42,7 +42,7 @@ import shlex
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -518,7 +518,7 @@ async def wire(setup: sc.RelaySetup, tokens: int = 100, interval_ms: float = 5) 
     return out
 
 
-async def measure(sizes: Sizes, log: Any = None) -> dict[str, Any]:
+async def measure(sizes: Sizes, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Start Redis, the mock and the gateway; run everything; the raw numbers."""
 
     def say(line: str) -> None:

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks import _capacity as capacity  # noqa: E402
 from benchmarks import _scenarios as sc  # noqa: E402
 from benchmarks import per_event  # noqa: E402
 from benchmarks._cli import Plan, run_plan  # noqa: E402
@@ -205,6 +206,68 @@ async def test_stop_closes_the_upstream_connection() -> None:
     (record,) = await run_plan(_plan([], [], ("stop",)))
     assert record["error"] is None
     assert record["samples"] == sc.SMOKE.stop_samples
+
+
+@pytest.mark.anyio
+@pytest.mark.redis
+@pytest.mark.timeout(30)
+async def test_the_capacity_model_measures_every_unit_cost(tmp_path: Path) -> None:
+    # docs/scaling.md sizes a deployment from these figures: each must be measured, not zero
+    # because a counter was misread, and of a plausible size against what a token carries.
+    data = await capacity.measure(capacity.QUICK)
+    paced, wire, maxed = data["paced"], data["wire"], data["max"]
+    assert [r["error"] for r in [paced, *maxed]] == [None] * (1 + len(maxed))
+    text = paced["token_text_bytes"]
+    assert 20 < text < 30  # the mock's stamped tokens
+    for run in (paced["window"], paced["with_follower"], *maxed):
+        assert run["tokens"] > 0
+        # Every token is one XADD and one PUBLISH, inside one script call or fewer.
+        assert 0.9 < run["calls_per_token"]["xadd"] < 1.2
+        assert 0.9 < run["calls_per_token"]["publish"] < 1.2
+        assert 0 < run["evalsha_per_token"] <= 1.2
+        assert 2 < run["commands_per_token"] < 30
+        # The token's text goes into Redis with its script call, and a reply comes back.
+        assert text < run["bytes_in_per_token"] < 4096
+        assert 0 < run["bytes_out_per_token"] < 4096
+        assert run["redis_cpu_us_per_token"] > 0
+        assert run["gateway_cpu_us_per_token"] > 0
+        assert run["tokens_per_gateway_cpu_s"] > 0
+    window = paced["window"]
+    assert window["tokens"] == pytest.approx(paced["window_tokens_expected"], rel=0.5)
+    assert 0 < window["gateway_cpu_share"] < 2
+    follower = paced["with_follower"]
+    assert follower["follower_messages_per_token"] == pytest.approx(1, rel=0.2)
+    assert text < follower["follower_bytes_per_token"] < 1024
+    assert all(r["tokens_per_s"] > 0 for r in maxed)
+    # Redis holds every stored token's text, running and finished.
+    assert paced["memory_running_per_stream"] > paced["tokens_so_far_per_stream"] * text
+    assert paced["memory_finished_per_stream"] > paced["tokens_per_stream"] * text
+    running, finished = paced["memory_usage_running"], paced["memory_usage_finished"]
+    assert 0 < running["events"] < finished["events"]
+    assert running["lease"] > 0 == finished["lease"]  # the lease goes when the stream ends
+    assert paced["gateway_rss_mb"] > 0
+    assert text < wire["client_event_bytes"] < wire["upstream_event_bytes"]
+    # The report renders every figure and lands between the markers, prose kept.
+    doc = tmp_path / "scaling.md"
+    doc.write_text(
+        f"# Scaling\n\nbefore\n\n{capacity.BEGIN}\nstale figures\n{capacity.END}\n\nafter\n"
+    )
+    meta = {
+        "date": "today",
+        "command": capacity.recorded_command(["--quick", "--docs", str(doc)]),
+        "cpu_model": "cpu",
+        "nproc": 2,
+        "load_before": "0 0 0",
+        "load_after": "0 0 0",
+    }
+    capacity.write_docs(doc, capacity.markdown(data, meta))
+    written = doc.read_text()
+    assert "stale figures" not in written
+    assert written.startswith("# Scaling\n\nbefore\n\n")
+    assert written.endswith("\n\nafter\n")
+    assert "`python -m benchmarks._capacity --quick --docs scaling.md`" in written
+    assert "nan" not in written
+    assert "| 0 |" not in written
 
 
 # -- the checks themselves can fail ---------------------------------------------------------
