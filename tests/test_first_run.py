@@ -59,8 +59,9 @@ def test_system_deps_installs_what_is_missing(tmp_path: Path) -> None:
     assert "apt-get install" in planned
     assert "chromium" in planned
     assert "redis-server" in planned
+    assert "redis-tools" in planned  # redis-cli joins the tests' Redis Cluster
     assert "nodejs npm" in planned  # the JavaScript clients' runtime
-    for name in ("chromium", "redis-server", "node", "npm"):
+    for name in ("chromium", "redis-server", "redis-cli", "node", "npm"):
         tool = empty / name
         tool.write_text("#!/bin/sh\n")
         tool.chmod(0o755)

@@ -42,7 +42,7 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.crc import key_slot
 
 from ._redis_keys import RedisStoreConfig, cluster_nodes
-from ._redis_writer import ScriptWriter, _Command
+from ._redis_writer import ScriptWriter
 
 __all__ = ["ClusterScriptWriter", "ShardListeners", "connect_cluster"]
 
@@ -77,7 +77,7 @@ class ClusterScriptWriter(ScriptWriter):
     """The writer of ``_redis_writer`` on a cluster: a batch is sent with redis-py's cluster
     pipeline, which splits it by shard and follows redirections."""
 
-    async def _pipeline(self, commands: list[_Command]) -> list[Any]:
+    async def _pipeline(self, commands: list[Any]) -> list[Any]:
         client = self._client()
         async with client.pipeline(transaction=False) as pipe:
             for command in commands:
