@@ -39,10 +39,9 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
-from redis.crc import key_slot
 
 from ._redis_keys import RedisStoreConfig, cluster_nodes
-from ._redis_writer import ScriptWriter
+from ._redis_writer import Command, ScriptWriter
 
 __all__ = ["ClusterScriptWriter", "ShardListeners", "connect_cluster"]
 
@@ -77,7 +76,7 @@ class ClusterScriptWriter(ScriptWriter):
     """The writer of ``_redis_writer`` on a cluster: a batch is sent with redis-py's cluster
     pipeline, which splits it by shard and follows redirections."""
 
-    async def _pipeline(self, commands: list[Any]) -> list[Any]:
+    async def _pipeline(self, commands: list[Command]) -> list[Any]:
         client = self._client()
         async with client.pipeline(transaction=False) as pipe:
             for command in commands:
@@ -90,17 +89,6 @@ class ClusterScriptWriter(ScriptWriter):
                 )
             replies: list[Any] = await pipe.execute(raise_on_error=False)
         return replies
-
-
-def own_channel(base: bytes, slots: Iterable[tuple[int, int]]) -> bytes:
-    """``base`` with a hash tag that puts it in one of ``slots`` (inclusive ranges)."""
-    ranges = list(slots)
-    for n in range(1_000_000):
-        channel = base + b":{%d}" % n
-        slot = key_slot(channel)
-        if any(start <= slot <= end for start, end in ranges):
-            return channel
-    raise AssertionError("no hash tag lands in the node's slots")  # pragma: no cover
 
 
 class ShardListeners:
@@ -134,10 +122,9 @@ class ShardListeners:
             try:
                 if attempt:
                     await self._cluster.nodes_manager.initialize()
-                slots = self._slots()
                 async with anyio.create_task_group() as tg:
                     for node in self._cluster.get_primaries():
-                        tg.start_soon(self._listen_node, node, slots.get(node.name, []))
+                        tg.start_soon(self._listen_node, node)
             except Exception as exc:  # one connection's failure ends them all: resubscribe
                 log.warning("redis store: sharded pub/sub lost (%s); reconnecting", exc)
             finally:
@@ -147,27 +134,24 @@ class ShardListeners:
                 await closed.wait()
             attempt = min(attempt + 1, 6)
 
-    def _slots(self) -> dict[str, list[tuple[int, int]]]:
-        """Each master's slots, as ranges, from the client's slot map."""
-        ranges: dict[str, list[tuple[int, int]]] = {}
-        for node in self._cluster.get_primaries():
-            ranges[node.name] = []
-        for slot in range(16384):
-            node = self._cluster.nodes_manager.get_node_from_slot(slot)
-            own = ranges.setdefault(node.name, [])
-            if own and own[-1][1] == slot - 1:
-                own[-1] = (own[-1][0], slot)
-            else:
-                own.append((slot, slot))
-        return ranges
+    def _own_channel(self, node: ClusterNode) -> bytes | None:
+        """The instance's channel with a hash tag that puts it on ``node`` (``None`` if the
+        slot map gives ``node`` no slot)."""
+        # A master with a third of the slots takes ~3 tries; one with a single slot ~16,384
+        # (that bound would miss it once in e^61).
+        for n in range(1_000_000):
+            channel = self._base_channel + b":{%d}" % n
+            if self.node_of(channel) == node.name:
+                return channel
+        return None
 
-    async def _listen_node(self, node: ClusterNode, slots: list[tuple[int, int]]) -> None:
-        if not slots:
+    async def _listen_node(self, node: ClusterNode) -> None:
+        own = self._own_channel(node)
+        if own is None:
             return  # a master without slots has no channel of ours
         pool = self._pool(node)
         pubsub = PubSub(pool)
         try:
-            own = own_channel(self._base_channel, slots)
             await pubsub.ssubscribe(own)
             self._by_node[node.name] = pubsub
             # No await between publishing the connection and listing what is watched: a

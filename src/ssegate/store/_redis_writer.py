@@ -34,7 +34,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from ._errors import StoreError, StoreUnavailableError
 
-__all__ = ["ScriptWriter"]
+__all__ = ["Command", "ScriptWriter"]
 
 log = logging.getLogger("ssegate.store.redis")
 
@@ -107,7 +107,7 @@ def _complete(calls: list[_Call]) -> None:
         owner.appended(group)
 
 
-class _Command:
+class Command:
     """One script call in a pipeline: a plain call, or the appends of one stream."""
 
     __slots__ = ("args", "calls", "keys", "name")
@@ -149,23 +149,8 @@ class ScriptWriter:
         """Run several scripts, ``(name, keys, args)`` each, in the next batches; returns each
         one's reply or its :class:`StoreError`, in order (it raises only the writer's own
         error, once it has stopped)."""
-        if self._stopped is not None:
-            raise self._stopped
         queued = [_Call(name, keys, args, None) for name, keys, args in calls]
-        self._queue.extend(queued)
-        self._ready.set()
-        try:
-            for call in queued:
-                assert call.done is not None
-                await call.done.wait()
-        except BaseException:
-            for call in queued:
-                if not call.sent:
-                    try:
-                        self._queue.remove(call)
-                    except ValueError:
-                        pass
-            raise
+        await self._run_calls(queued)
         return [call.error if call.error is not None else call.result for call in queued]
 
     async def append(self, keys: list[bytes], args: list[Any], event: str, data: str) -> int:
@@ -193,23 +178,27 @@ class ScriptWriter:
         self._ready.set()
 
     async def _submit(self, call: _Call) -> Any:
-        if self._stopped is not None:
-            raise self._stopped
-        self._queue.append(call)
-        self._ready.set()
-        assert call.done is not None
-        try:
-            await call.done.wait()
-        except BaseException:
-            if not call.sent:  # not on the wire yet: drop it
-                try:
-                    self._queue.remove(call)
-                except ValueError:
-                    pass
-            raise
+        await self._run_calls([call])
         if call.error is not None:
             raise call.error
         return call.result
+
+    async def _run_calls(self, calls: list[_Call]) -> None:
+        """Queue ``calls`` and wait until each has its outcome; cancelled, drop those not on
+        the wire yet."""
+        if self._stopped is not None:
+            raise self._stopped
+        self._queue.extend(calls)
+        self._ready.set()
+        try:
+            for call in calls:
+                assert call.done is not None
+                await call.done.wait()
+        except BaseException:
+            unsent = {id(call) for call in calls if not call.sent}
+            if unsent:
+                self._queue = deque(c for c in self._queue if id(c) not in unsent)
+            raise
 
     async def drained(self) -> None:
         """Until nothing is queued or in flight (or the writer has stopped)."""
@@ -276,8 +265,8 @@ class ScriptWriter:
     # -- one batch -----------------------------------------------------------------------
 
     async def _send(self, batch: list[_Call]) -> None:
-        commands: list[_Command] = []
-        streams: dict[bytes, _Command] = {}  # events key -> that stream's append command
+        commands: list[Command] = []
+        streams: dict[bytes, Command] = {}  # events key -> that stream's append command
         for call in batch:
             if call.event is not None:
                 command = streams.get(call.keys[1])
@@ -285,10 +274,10 @@ class ScriptWriter:
                     command.args += call.event
                     command.calls.append(call)
                     continue
-                command = _Command(call)
+                command = Command(call)
                 streams[call.keys[1]] = command
             else:
-                command = _Command(call)
+                command = Command(call)
             commands.append(command)
         answered = False
         try:
@@ -319,7 +308,7 @@ class ScriptWriter:
             if answered:  # else cancelled (the store closes): run() fails the batch
                 _complete(batch)
 
-    async def _pipeline(self, commands: list[_Command]) -> list[Any]:
+    async def _pipeline(self, commands: list[Command]) -> list[Any]:
         # A pipeline by hand: redis-py's packs every argument through its generic encoder,
         # which was a quarter of the CPU an append cost; the calls here are all EVALSHA.
         payload = b"".join(
@@ -365,7 +354,7 @@ class ScriptWriter:
                 await pool.release(connection)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _resolve(self, command: _Command, reply: Any) -> None:
+    def _resolve(self, command: Command, reply: Any) -> None:
         if isinstance(reply, Exception):
             error = self._error_of(reply)
             for call in command.calls:
