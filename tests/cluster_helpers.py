@@ -111,15 +111,6 @@ class LocalCluster:
             role = c.execute_command("ROLE")
             return role[0] == b"master" or role[3] == b"connected"
 
-    def masters_of_live(self) -> list[int]:
-        ports = []
-        for node in self.live():
-            with self.client(node) as c:
-                role = c.execute_command("ROLE")
-                if role[0] == b"master":
-                    ports.append(node.port)
-        return ports
-
     def master_of(self, key: str | bytes) -> RedisServer:
         """The live node serving ``key``'s slot as master, as the cluster sees it now."""
         slot = key_slot(key.encode() if isinstance(key, str) else key)
