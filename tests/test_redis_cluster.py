@@ -109,3 +109,48 @@ async def test_an_unreachable_cluster_fails_clearly_without_the_password() -> No
     with anyio.fail_after(20), pytest.raises(StoreUnavailableError) as caught:
         await enter()
     assert "s3cret" not in str(caught.value)
+
+
+async def test_a_follower_keeps_streaming_when_its_shards_pub_sub_connection_drops(
+    redis_cluster: LocalCluster,
+) -> None:
+    prefix = f"t{secrets.token_hex(4)}:"
+    # A long lease: the follower can't fall back on its lease checks within the test.
+    config = RedisStoreConfig(url=redis_cluster.url, key_prefix=prefix, lease_ttl=60)
+    sid = "st_" + secrets.token_hex(4)
+    _, data = stream_channels(prefix, sid)
+    master = redis_cluster.master_of(stream_keys(prefix, sid)[0])
+
+    def subscribed() -> int:
+        return _numsub(redis_cluster, "SHARDNUMSUB", data)[master.port]
+
+    def drop_pub_sub_connections() -> None:
+        with Redis(host="127.0.0.1", port=master.port) as client:
+            client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+
+    async def until_subscribed() -> None:
+        # Another process's state: poll it, bounded.
+        with anyio.fail_after(10):
+            while await anyio.to_thread.run_sync(subscribed) != 1:
+                await anyio.sleep(0.02)
+
+    async with RedisStore(config) as a, RedisStore(config) as b:
+        await a.create(sid, model="m", provider="p")
+        got: list[int] = []
+
+        async def follow() -> None:
+            async for batch in b.follow_batches(sid):
+                got.extend(e.id for e in batch)
+
+        with anyio.fail_after(15):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(follow)
+                await a.append(sid, "delta", "{}")
+                await until_subscribed()
+                await anyio.to_thread.run_sync(drop_pub_sub_connections)
+                # B reconnects to every master and subscribes what it watches again.
+                await until_subscribed()
+                for _ in range(20):
+                    await a.append(sid, "delta", "{}")
+                await a.finish(sid, StreamStatus.DONE, "{}")
+        assert got == list(range(1, 23))
