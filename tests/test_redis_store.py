@@ -9,6 +9,7 @@ from contextlib import AsyncExitStack, aclosing
 
 import anyio
 import pytest
+from redis import Redis
 
 from instance_helpers import RedisServer
 from ssegate.store import (
@@ -19,6 +20,7 @@ from ssegate.store import (
     StreamNotFoundError,
     StreamStatus,
 )
+from ssegate.store._redis_keys import stream_channels
 from ssegate.store.redis import RedisStore, RedisStoreConfig
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
@@ -446,3 +448,64 @@ async def test_a_failed_append_fails_the_producers_next_call(redis_server: Redis
                 await append_until_it_fails()
     finally:
         server.stop()
+
+
+async def test_a_local_producers_follower_reads_from_the_cache_whatever_pub_sub_echoes_first(
+    redis_server: RedisServer,
+) -> None:
+    """The producer's own terminal event comes back on the control channel and can overtake
+    the replies to the appends before it. Here such an echo (id 100) is published by hand
+    before event 4 is appended: the follower must still get event 4 from this instance's
+    cache — with the echo cached, the cache had a hole and every follower read Redis."""
+    prefix = f"t{secrets.token_hex(4)}:"
+    config = RedisStoreConfig(url=redis_server.url, key_prefix=prefix)
+    stream = sid()
+    control, _ = stream_channels(prefix, stream)
+    with Redis.from_url(redis_server.url) as admin:
+
+        def xranges() -> int:
+            stats = admin.info("commandstats").get("cmdstat_xrange", {})
+            return int(stats.get("calls", 0)) if isinstance(stats, dict) else 0
+
+        async with RedisStore(config) as store:
+            await store.create(stream, model="m", provider="p")
+            seen: list[int] = []
+            got = {n: anyio.Event() for n in (3, 4)}
+
+            async def follow() -> None:
+                async with aclosing(store.follow_batches(stream)) as batches:
+                    async for batch in batches:
+                        for event in batch:
+                            seen.append(event.id)
+                            if event.id in got:
+                                got[event.id].set()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(follow)
+                for n in range(3):
+                    await store.append(stream, "delta", f"d{n}")
+                with anyio.fail_after(5):
+                    await got[3].wait()
+                before = xranges()
+
+                # The control channel carries messages in order: once the cancel that
+                # follows the echo is seen, the echo has been handled.
+                cause: list[str] = []
+
+                async def watch_cancel() -> None:
+                    cause.append(await store.wait_cancel(stream))
+
+                tg.start_soon(watch_cancel)
+                with anyio.fail_after(5):
+                    while admin.pubsub_numsub(control)[0][1] < 1:
+                        await anyio.sleep(0.01)  # another process's state: polled
+                    admin.publish(control, b'f\n100\ndone\n"x"')
+                    admin.publish(control, b"c\nprobe")
+                    while not cause:
+                        await anyio.sleep(0.01)  # the hub's task: no event of ours to await
+                await store.append(stream, "delta", "d3")
+                with anyio.fail_after(5):
+                    await got[4].wait()
+                assert seen == [1, 2, 3, 4]
+                assert xranges() == before, "the follower read Redis instead of the cache"
+                tg.cancel_scope.cancel()

@@ -422,7 +422,10 @@ class RedisHub:
             watch.wake_all()
 
     def _note_event(self, watch: Watch, event_id: int, event: str, data: str) -> None:
-        if watch.has(event_id):
+        # A producer here caches its own events, in order, as Redis confirms them; an echo
+        # may come first (the terminal event's, on the control channel, can overtake the
+        # replies to the appends before it) and would leave a hole in the cache.
+        if watch.local or watch.has(event_id):
             return
         if event not in TERMINAL_EVENTS:
             watch.lease_deadline = time.monotonic() + self.lease_ttl  # an append renews it

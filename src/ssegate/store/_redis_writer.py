@@ -54,6 +54,7 @@ class _Call:
         "args",
         "context",
         "done",
+        "dropped",
         "error",
         "event",
         "keys",
@@ -80,6 +81,7 @@ class _Call:
         self.context = context  # the owner's, for its own use
         self.done = anyio.Event() if owner is None else None
         self.sent = False
+        self.dropped = False  # its waiter left before it was sent
         self.result: Any = None
         self.error: StoreError | None = None
 
@@ -195,9 +197,8 @@ class ScriptWriter:
                 assert call.done is not None
                 await call.done.wait()
         except BaseException:
-            unsent = {id(call) for call in calls if not call.sent}
-            if unsent:
-                self._queue = deque(c for c in self._queue if id(c) not in unsent)
+            for call in calls:
+                call.dropped = not call.sent  # run() skips it when it comes to it
             raise
 
     async def drained(self) -> None:
@@ -238,6 +239,9 @@ class ScriptWriter:
                 streams: set[bytes] = set()  # appended to in this batch: one command each
                 while self._queue and len(batch) < MAX_CALLS:
                     call = self._queue[0]
+                    if call.dropped:
+                        self._queue.popleft()
+                        continue
                     if call.event is None or call.keys[1] not in streams:
                         if commands == MAX_BATCH:
                             break
