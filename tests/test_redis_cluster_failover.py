@@ -21,6 +21,7 @@ What a client may see, and what the test holds the gateway to:
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from typing import Any
 
@@ -31,7 +32,9 @@ import pytest
 
 from cluster_helpers import LocalCluster, running_cluster
 from gateway_helpers import Gateway, ask, running_gateway, sse_events
+from ssegate.store import StoreError, StreamGapError, StreamStatus
 from ssegate.store._redis_keys import stream_keys
+from ssegate.store.redis import RedisStore, RedisStoreConfig
 from ssegate.testing import MockUpstream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
@@ -139,33 +142,42 @@ async def test_a_master_killed_under_a_running_stream(mock: MockUpstream) -> Non
             if info["status"] == "error":
                 assert info["error"]["retryable"] is True, info
 
-            # What the store kept: a full replay (from either instance, the same).
+            # What the store kept: a full replay (from either instance, the same). If the
+            # dead master had acknowledged events its replica never got, the replay stops at
+            # the hole with an (id-less) `gap` error, and the terminal event comes after
+            # every id a client may have seen (test_events_a_failover_lost_... below).
             events_url = target["events_url"]
             kept = await read_events(client, a.url + events_url, {})
             assert kept == await read_events(client, b.url + events_url, {})
-            assert [e[0] for e in kept] == list(range(1, len(kept) + 1))
+            hole = kept[-1][1] == "error" and kept[-1][2]["code"] == "gap"
+            up_to_hole = kept[:-1] if hole else kept
+            assert [e[0] for e in up_to_hole] == list(range(1, len(up_to_hole) + 1))
             assert kept[0][1] == "start"
-            assert kept[-1][1] in ("done", "error")
-            assert info["last_event_id"] == len(kept)
+            if not hole:
+                assert kept[-1][1] in ("done", "error")
+                assert info["last_event_id"] == len(kept)
 
             for name, other in (("a", b), ("b", a)):
                 got = numbered(seen[name])
                 # Nothing the client saw is contradicted by what the store kept.
-                shared = min(len(got), len(kept))
-                assert got[:shared] == kept[:shared], name
+                shared = min(len(got), len(up_to_hole))
+                assert got[:shared] == up_to_hole[:shared], name
                 last = got[-1][0]
                 headers = {"Last-Event-ID": str(last)}
-                if last < len(kept):
+                if last < len(up_to_hole):
+                    # Exactly the kept events after it, none doubled (then the hole, if any).
                     resumed = await read_events(client, other.url + events_url, headers)
                     assert got + resumed == kept, name
-                elif last == len(kept):
+                elif last == info["last_event_id"]:
                     end = await client.get(other.url + events_url, headers=headers)
                     assert end.status_code == 204, name
                 else:
-                    # It saw events the dead master acknowledged but never replicated.
-                    beyond = await client.get(other.url + events_url, headers=headers)
-                    assert beyond.status_code == 409, name
-                    assert beyond.json()["error"]["code"] == "invalid_last_event_id"
+                    # It saw events the failover lost: it is told of the hole or gets the end.
+                    resumed = await read_events(client, other.url + events_url, headers)
+                    assert resumed[-1][1] == "error", name
+                    assert (
+                        resumed[-1][2]["code"] == "gap" or resumed[-1][0] == (info["last_event_id"])
+                    ), name
 
             # The bystander's shard did not fail: its followers got every event once, and the
             # one on B got its end promptly, not a lease period (10 s) after the one on A that
@@ -175,3 +187,56 @@ async def test_a_master_killed_under_a_running_stream(mock: MockUpstream) -> Non
                 assert [e[1] for e in got] == ["start"] + ["delta"] * TOKENS + ["usage", "done"]
                 assert got == await read_events(client, a.url + bystander["events_url"], {})
             assert seen["bystander"][-1][3] - seen["bystander_a"][-1][3] < 3.0
+
+
+async def test_events_a_failover_lost_never_get_another_meaning(
+    redis_cluster: LocalCluster,
+) -> None:
+    """Replication is asynchronous: a master may acknowledge events and die before its replica
+    has them. The stream then ends after the highest id its producer had acknowledged, with a
+    hole where the lost events were, rather than giving a lost event's id to another event."""
+    prefix = f"t{secrets.token_hex(4)}:"
+    config = RedisStoreConfig(url=redis_cluster.url, key_prefix=prefix, lease_ttl=60)
+    sid = "st_" + secrets.token_hex(4)
+    meta, events, _, _ = stream_keys(prefix, sid)
+    async with RedisStore(config) as a, RedisStore(config) as b:
+        await a.create(sid, model="m", provider="p")
+        for n in range(5):
+            await a.append(sid, "delta", f'{{"n":{n}}}')
+        assert [e.id for e in await a.read(sid)] == [1, 2, 3, 4, 5]  # acknowledged, all
+
+        def lose_the_last_two() -> None:
+            # What a promoted replica holds that missed the writes of events 4 and 5.
+            with redis_cluster.client(redis_cluster.master_of(meta)) as client:
+                kept = client.xrange(events, "-", "3-0")
+                client.delete(events)  # XDEL would leave the stream's last id at 5
+                for entry_id, fields in kept:
+                    client.xadd(events, fields, id=entry_id)
+                client.hset(meta, "last_id", 3)
+
+        await anyio.to_thread.run_sync(lose_the_last_two)
+        # The producer's next append is out of step with the store: it fails (on the call
+        # after, as its appends don't wait for Redis), and the job ends the stream.
+        await a.append(sid, "delta", "{}")
+        await a.read(sid, 0, 1)  # until it is answered
+        with pytest.raises(StoreError):
+            await a.append(sid, "delta", "{}")
+        end = await a.finish(sid, StreamStatus.ERROR, '{"code":"store_unavailable"}')
+        assert end.id == 6  # after every event a client may have seen, none reused
+
+        # A client that saw the lost events resumes to the end; one that saw fewer is told
+        # of the hole; nobody gets an id twice with two meanings.
+        assert [(e.id, e.event) for e in await b.read(sid, after=5)] == [(6, "error")]
+        for after in (0, 3, 4):
+            with pytest.raises(StreamGapError) as gap:
+                await b.read(sid, after=after)
+            assert (gap.value.after, gap.value.first_id) == (3 if after < 3 else after, 6)
+        followed: list[int] = []
+
+        async def follow() -> None:
+            async for event in b.follow(sid, 0):
+                followed.append(event.id)
+
+        with pytest.raises(StreamGapError):
+            await follow()
+        assert followed == [1, 2, 3]

@@ -57,11 +57,15 @@ return first
 """
 
 # KEYS: meta, events, lease, subs. ARGV: status, data, maxlen, usage, error, cause, ttl_ms,
-# control channel
+# control channel, the highest id the caller has seen (the terminal event comes after it: a
+# failover may have lost events a client saw, and their ids must not mean another event)
 _FINISH = """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return -1 end
 if st ~= 'running' then return -2 end
+if tonumber(redis.call('HGET', KEYS[1], 'last_id') or '0') < tonumber(ARGV[9]) then
+  redis.call('HSET', KEYS[1], 'last_id', ARGV[9])
+end
 local id = redis.call('HINCRBY', KEYS[1], 'last_id', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], id .. '-0', 'e', ARGV[1], 'd', ARGV[2])
 local t = redis.call('TIME')

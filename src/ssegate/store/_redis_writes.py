@@ -189,6 +189,9 @@ class RedisWrites(RedisHub):
             raise ValueError("event data must be one line")
         meta, events, lease, subs = self._keys(stream_id)
         control, _ = self._channels(stream_id)
+        # The highest id heard of here (for the producer: acknowledged by Redis): after a
+        # failover that lost events, the terminal event comes after them, never in their place.
+        seen = self._watches.get(stream_id)
         try:
             result = await self._run(
                 "finish",
@@ -202,6 +205,7 @@ class RedisWrites(RedisHub):
                     cause or "",
                     self._ttl_ms,
                     control,
+                    seen.last_id if seen is not None else 0,
                 ],
             )
             event_id = self._check_id(result, status.value)
