@@ -15,11 +15,13 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import _scenarios as sc
+from ._cluster import cluster_available, local_cluster
 from ._peers import STREAM_PEERS
 from ._procs import (
     BASELINE,
@@ -158,10 +160,11 @@ async def _stop(plan: Plan, rep: int, records: list[Record]) -> None:
         records.append({"scenario": "stop", "peer": "ssegate-streams", "rep": rep, **m})
 
 
-async def _store(plan: Plan, rep: int, records: list[Record], redis_url: str) -> None:
+async def _store(plan: Plan, rep: int, records: list[Record], urls: dict[str, str]) -> None:
+    """Each store (name -> ``--store`` URL) in turn, the order rotated per repetition."""
     sizes = plan.sizes
-    for store in _rotated(["memory", redis_url], rep):
-        name = "memory" if store == "memory" else "redis"
+    for name in _rotated(list(urls), rep):
+        store = urls[name]
         plan.log(f"[rep {rep + 1}] store {name}")
         async with sc.RelaySetup(
             "ssegate-streams", server_cpu=plan.server_cpu, load_cpu=plan.load_cpu, store=store
@@ -231,8 +234,12 @@ async def run_plan(plan: Plan) -> list[Record]:
     if "store" in plan.scenarios and redis_available():
 
         async def stores(url: str) -> None:
-            for rep in range(plan.reps):
-                await _store(plan, rep, records, url)
+            urls = {"memory": "memory", "redis": url}
+            with ExitStack() as stack:
+                if cluster_available():
+                    urls["cluster"] = stack.enter_context(local_cluster(plan.load_cpu))
+                for rep in range(plan.reps):
+                    await _store(plan, rep, records, urls)
 
         await _with_redis(plan, stores)
     return records

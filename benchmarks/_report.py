@@ -290,7 +290,30 @@ class Report:
             *self._relay_bars(),
             *self._start_bars(),
             *self._stop_bars(),
+            *self._store_bars(),
         ]
+
+    def _store_bars(self) -> list[tuple[str, str, bool | None]]:
+        out: list[tuple[str, str, bool | None]] = []
+        mx = medians(self._of("store_max"), ["peer", "streams"])
+        pc = medians(self._of("store_paced"), ["peer", "streams"])
+        memory, memory_paced = mx.get(("memory", 100)), pc.get(("memory", 100))
+        for store in ("redis", "cluster"):
+            bar = f"{store} store tok/s @100 ≥ 0.5× memory"
+            ours = mx.get((store, 100))
+            if ours and memory and memory.get("tokens_per_s"):
+                ratio = ours["tokens_per_s"] / memory["tokens_per_s"]
+                out.append((bar, f"{ratio:.2f}×", ratio >= 0.5))
+            else:
+                out.append((bar, "—", None))
+            bar = f"{store} store paced p99 @100 ≤ 2× memory"
+            paced = pc.get((store, 100))
+            if paced and memory_paced and memory_paced.get("p99_ms"):
+                ratio = paced["p99_ms"] / memory_paced["p99_ms"]
+                out.append((bar, f"{ratio:.2f}×", ratio <= 2.0))
+            else:
+                out.append((bar, "—", None))
+        return out
 
     def _throughput_bars(self) -> list[tuple[str, str, bool | None]]:
         out: list[tuple[str, str, bool | None]] = []
@@ -440,7 +463,7 @@ class Report:
                 self.relay_start_table,
             ),
             ("(e) Stop: DELETE sent → upstream connection closed", "stop", self.stop_table),
-            ("(f) Gateway store: memory vs Redis", "store_max", self.store_table),
+            ("(f) Gateway store: memory vs Redis vs Redis Cluster", "store_max", self.store_table),
         ):
             if self._of(scenario):
                 out.append((title, render(markdown)))

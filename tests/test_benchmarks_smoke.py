@@ -36,6 +36,7 @@ from benchmarks._loadgen import (  # noqa: E402
 )
 from benchmarks._peers import APPS, STREAM_PEERS, make_payload  # noqa: E402
 from benchmarks._procs import BASELINE_SUFFIX, baseline_available  # noqa: E402
+from benchmarks._report import Report  # noqa: E402
 
 _NEEDS = {  # peers whose packages come with the `bench` extra, not with `test`
     "sse-starlette": "sse_starlette",
@@ -199,6 +200,33 @@ async def test_an_asgi_peer_yields_once_per_event_unless_asked_for_a_burst(
     assert _switches(paced) >= 30, paced
     if not framework_turns:
         assert _switches(burst) <= 3, burst
+
+
+@pytest.mark.anyio
+@pytest.mark.redis
+@pytest.mark.timeout(90)
+async def test_the_store_scenario_measures_memory_redis_and_a_cluster_in_one_run() -> None:
+    records = await run_plan(_plan([], [], ("store",)))
+    by = {(r["scenario"], r["peer"]): r for r in records}
+    assert set(by) == {
+        (scenario, store)
+        for scenario in ("store_max", "store_paced")
+        for store in ("memory", "redis", "cluster")
+    }
+    for record in records:
+        assert record["error"] is None, record
+    for store in ("memory", "redis", "cluster"):
+        assert by[("store_max", store)]["tokens_per_s"] > 0
+        assert by[("store_paced", store)]["p99_ms"] > 0
+    # The bars judge the 100-stream rows: SMOKE's 3 streams, relabelled, stand in for them.
+    as_100 = [{**r, "streams": 100} for r in records]
+    bars = {bar: (measured, met) for bar, measured, met in Report(as_100, {}).bars()}
+    for store in ("redis", "cluster"):
+        rate = by[("store_max", store)]["tokens_per_s"]
+        ratio = rate / by[("store_max", "memory")]["tokens_per_s"]
+        assert bars[f"{store} store tok/s @100 ≥ 0.5× memory"] == (f"{ratio:.2f}×", ratio >= 0.5)
+        p99 = by[("store_paced", store)]["p99_ms"] / by[("store_paced", "memory")]["p99_ms"]
+        assert bars[f"{store} store paced p99 @100 ≤ 2× memory"] == (f"{p99:.2f}×", p99 <= 2.0)
 
 
 @pytest.mark.anyio

@@ -73,21 +73,44 @@ def connect_cluster(config: RedisStoreConfig) -> RedisCluster:
 
 
 class ClusterScriptWriter(ScriptWriter):
-    """The writer of ``_redis_writer`` on a cluster: a batch is sent with redis-py's cluster
-    pipeline, which splits it by shard and follows redirections."""
+    """The writer of ``_redis_writer`` on a cluster: a batch is split by master, and each
+    master's part is sent with redis-py's cluster pipeline (which follows redirections), all
+    at once. A master that fails (it died and its replica is not serving yet) fails only the
+    calls of its own streams: the other shards' streams go on."""
 
     async def _pipeline(self, commands: list[Command]) -> list[Any]:
         client = self._client()
-        async with client.pipeline(transaction=False) as pipe:
-            for command in commands:
-                pipe.execute_command(
-                    "EVALSHA",
-                    self._scripts[command.name].sha,
-                    len(command.keys),
-                    *command.keys,
-                    *command.args,
-                )
-            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        assert isinstance(client, RedisCluster)
+        shards: dict[str | None, list[int]] = {}
+        for index, command in enumerate(commands):
+            try:
+                node = client.get_node_from_key(command.keys[0])  # type: ignore[arg-type]
+            except redis_errors.RedisClusterException:  # the slot map is being refreshed
+                node = None
+            shards.setdefault(node.name if node is not None else None, []).append(index)
+        replies: list[Any] = [None] * len(commands)
+
+        async def send(indexes: list[int]) -> None:
+            try:
+                async with client.pipeline(transaction=False) as pipe:
+                    for index in indexes:
+                        command = commands[index]
+                        pipe.execute_command(
+                            "EVALSHA",
+                            self._scripts[command.name].sha,
+                            len(command.keys),
+                            *command.keys,
+                            *command.args,
+                        )
+                    got: list[Any] = await pipe.execute(raise_on_error=False)
+            except (redis_errors.RedisError, redis_errors.RedisClusterException, OSError) as exc:
+                got = [exc] * len(indexes)
+            for index, reply in zip(indexes, got, strict=True):
+                replies[index] = reply
+
+        async with anyio.create_task_group() as group:
+            for indexes in shards.values():
+                group.start_soon(send, indexes)
         return replies
 
 

@@ -1,0 +1,81 @@
+"""A throw-away local Redis Cluster for the store scenario: three masters (no replicas: a
+benchmark measures the write path, not failover), each a ``redis-server --cluster-enabled
+yes`` on a free loopback port, joined by ``redis-cli --cluster create``, pinned like the
+single redis-server."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ._procs import ServerProcess, free_port
+
+__all__ = ["cluster_available", "local_cluster"]
+
+
+def cluster_available() -> bool:
+    """Whether ``redis-server`` and ``redis-cli`` (to join the nodes) are installed."""
+    return shutil.which("redis-server") is not None and shutil.which("redis-cli") is not None
+
+
+@contextmanager
+def local_cluster(cpu: int | None, masters: int = 3) -> Iterator[str]:
+    """Start the cluster; yields its ``redis+cluster://`` store URL."""
+    cli = shutil.which("redis-cli")
+    assert cli is not None
+    with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
+        nodes: list[ServerProcess] = []
+        try:
+            for n in range(masters):
+                directory = Path(tmp) / f"node{n}"
+                directory.mkdir()
+                port = free_port()
+                argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1"]
+                argv += ["--save", "", "--appendonly", "no", "--protected-mode", "no"]
+                argv += ["--cluster-enabled", "yes", "--dir", str(directory)]
+                argv += ["--cluster-config-file", str(directory / "nodes.conf")]
+                argv += ["--cluster-port", str(free_port())]  # port + 10000 may not exist
+                nodes.append(ServerProcess("redis-cluster", argv, cpu=cpu, port=port).start())
+            hosts = [f"127.0.0.1:{node.port}" for node in nodes]
+            deadline = time.monotonic() + 30
+            while True:  # the nodes come up in their own time: retry until all answer
+                pings = [
+                    subprocess.run(
+                        [cli, "-p", str(node.port), "PING"], capture_output=True, timeout=5
+                    ).stdout
+                    for node in nodes
+                ]
+                if all(b"PONG" in p for p in pings):
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the cluster's redis-servers did not start")
+                time.sleep(0.05)
+            subprocess.run(
+                [cli, "--cluster", "create", *hosts, "--cluster-yes"],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+            while True:  # until every node sees every slot served
+                infos = [
+                    subprocess.run(
+                        [cli, "-p", str(node.port), "CLUSTER", "INFO"],
+                        capture_output=True,
+                        timeout=5,
+                    ).stdout
+                    for node in nodes
+                ]
+                if all(b"cluster_state:ok" in info for info in infos):
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the local Redis Cluster did not become ok")
+                time.sleep(0.05)
+            yield "redis+cluster://" + ",".join(hosts)
+        finally:
+            for node in nodes:
+                node.stop()
