@@ -38,6 +38,7 @@ def local_cluster(cpu: int | None, masters: int = 3) -> Iterator[str]:
                 argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1"]
                 argv += ["--save", "", "--appendonly", "no", "--protected-mode", "no"]
                 argv += ["--cluster-enabled", "yes", "--dir", str(directory)]
+                argv += ["--cluster-require-full-coverage", "no"]  # as docs/scaling.md advises
                 argv += ["--cluster-config-file", str(directory / "nodes.conf")]
                 argv += ["--cluster-port", str(free_port())]  # port + 10000 may not exist
                 nodes.append(ServerProcess("redis-cluster", argv, cpu=cpu, port=port).start())

@@ -44,6 +44,10 @@ class LocalCluster:
                     str(NODE_TIMEOUT_MS),
                     "--cluster-replica-validity-factor",  # a replica may always take over
                     "0",
+                    # The other shards keep serving while one fails over (the default refuses
+                    # every command, cluster-wide, until every slot is served again).
+                    "--cluster-require-full-coverage",
+                    "no",
                     "--cluster-port",  # else port + 10000, which may not exist
                     str(free_port()),
                     "--dir",
