@@ -44,39 +44,39 @@ def local_cluster(cpu: int | None, masters: int = 3) -> Iterator[str]:
                 nodes.append(ServerProcess("redis-cluster", argv, cpu=cpu, port=port).start())
             hosts = [f"127.0.0.1:{node.port}" for node in nodes]
             deadline = time.monotonic() + 30
-            while True:  # the nodes come up in their own time: retry until all answer
-                pings = [
-                    subprocess.run(
-                        [cli, "-p", str(node.port), "PING"], capture_output=True, timeout=5
-                    ).stdout
-                    for node in nodes
-                ]
-                if all(b"PONG" in p for p in pings):
-                    break
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the cluster's redis-servers did not start")
-                time.sleep(0.05)
+            _until(nodes, cli, ["PING"], b"PONG", deadline, "the cluster's redis-servers started")
             subprocess.run(
                 [cli, "--cluster", "create", *hosts, "--cluster-yes"],
                 check=True,
                 capture_output=True,
                 timeout=60,
             )
-            while True:  # until every node sees every slot served
-                infos = [
-                    subprocess.run(
-                        [cli, "-p", str(node.port), "CLUSTER", "INFO"],
-                        capture_output=True,
-                        timeout=5,
-                    ).stdout
-                    for node in nodes
-                ]
-                if all(b"cluster_state:ok" in info for info in infos):
-                    break
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the local Redis Cluster did not become ok")
-                time.sleep(0.05)
+            _until(nodes, cli, ["CLUSTER", "INFO"], b"cluster_state:ok", deadline, "it became ok")
             yield "redis+cluster://" + ",".join(hosts)
         finally:
             for node in nodes:
                 node.stop()
+
+
+def _until(
+    nodes: list[ServerProcess],
+    cli: str,
+    command: list[str],
+    wanted: bytes,
+    deadline: float,
+    what: str,
+) -> None:
+    """Until every node's answer to ``command`` holds ``wanted`` (other processes, in their
+    own time: polled); ``RuntimeError`` saying ``what`` did not happen at ``deadline``."""
+    while True:
+        answers = [
+            subprocess.run(
+                [cli, "-p", str(node.port), *command], capture_output=True, timeout=5
+            ).stdout
+            for node in nodes
+        ]
+        if all(wanted in answer for answer in answers):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the local Redis Cluster: not {what} in time")
+        time.sleep(0.05)
