@@ -233,23 +233,26 @@ async def test_follow_waits_for_live_events_and_ends_after_terminal(store: Store
     await store.append(sid, "delta", payload(1))
     got: list[StoredEvent] = []
     ended = anyio.Event()
+    send, receive = anyio.create_memory_object_stream[StoredEvent](10)
 
     async def follower() -> None:
-        async with aclosing(store.follow(sid)) as events:
+        async with send, aclosing(store.follow(sid)) as events:
             async for event in events:
                 got.append(event)
+                await send.send(event)
         ended.set()
 
-    async with anyio.create_task_group() as tg:
+    async with anyio.create_task_group() as tg, receive:
         tg.start_soon(follower)
-        await anyio.wait_all_tasks_blocked()
-        assert [e.id for e in got] == [1]
+        with anyio.fail_after(5):
+            assert (await receive.receive()).id == 1
         await store.append(sid, "delta", payload(2))
-        await anyio.wait_all_tasks_blocked()
-        assert [e.id for e in got] == [1, 2]
-        assert not ended.is_set()
+        with anyio.fail_after(5):
+            assert (await receive.receive()).id == 2
+        assert not ended.is_set()  # it waits for more: the stream is still running
         await store.finish(sid, StreamStatus.CANCELLED, "{}", cause="client")
         with anyio.fail_after(5):
+            assert (await receive.receive()).event == "cancelled"
             await ended.wait()
     assert [(e.id, e.event) for e in got] == [(1, "delta"), (2, "delta"), (3, "cancelled")]
     assert (await store.get(sid)).cause == "client"

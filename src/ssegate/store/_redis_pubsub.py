@@ -96,7 +96,7 @@ class RedisHub:
         self._scripts: dict[str, Any] = {}
         # Every script call goes through one pipelined writer (see _redis_writer).
         writer = ClusterScriptWriter if cfg.cluster else ScriptWriter
-        self._writer = writer(self._client, self._scripts, self._translate)
+        self._writer = writer(self._client, self._scripts, self._translate, timeout=cfg.op_timeout)
 
     # -- lifecycle -----------------------------------------------------------------------
 

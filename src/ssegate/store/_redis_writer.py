@@ -31,6 +31,7 @@ import anyio
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import AbstractConnection as Connection
 
 from ._errors import StoreError, StoreUnavailableError
 
@@ -132,8 +133,12 @@ class ScriptWriter:
         client: Callable[[], Redis | RedisCluster],
         scripts: dict[str, Any],
         translate: Callable[[], AbstractContextManager[None]],
+        *,
+        timeout: float,
     ) -> None:
         self._client = client
+        self._timeout = timeout  # for one batch: sending it and reading every reply
+        self._held: Connection | None = None  # see _connection
         self._scripts = scripts  # name -> redis-py Script (its sha and source)
         self._translate = translate
         self._queue: deque[_Call] = deque()
@@ -258,6 +263,8 @@ class ScriptWriter:
                     self._sending = False
                 batch = []
         finally:
+            with anyio.CancelScope(shield=True):
+                await self._drop_connection()
             self._wake_idle()
             closed = StoreUnavailableError("the store is closed")
             left = [c for c in batch if c.owner is not None or (c.done and not c.done.is_set())]
@@ -327,36 +334,53 @@ class ScriptWriter:
             )
             for command in commands
         )
-        client = self._client()
-        assert isinstance(client, Redis)  # a cluster's writer sends its own way
-        pool = client.connection_pool
-        for attempt in (0, 1):
-            connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-            try:
+        # One deadline for the whole batch: the writer's connection has no socket timeout,
+        # which redis-py would otherwise arm and disarm around every single reply.
+        with anyio.fail_after(self._timeout):
+            for attempt in (0, 1):
+                connection = await self._connection()
                 try:
-                    await connection.send_packed_command(payload, check_health=False)
-                except (redis_errors.ConnectionError, OSError):
-                    # Nothing was sent: safe to try once more, on a fresh connection (a pooled
-                    # one made stale by a Redis restart).
-                    await connection.disconnect()
-                    if attempt:
-                        raise
-                    continue
-                replies: list[Any] = []
-                for _ in commands:
                     try:
-                        replies.append(await connection.read_response())
-                    except redis_errors.ResponseError as exc:
-                        replies.append(exc)
-                return replies
-            except BaseException:
-                # Replies may be left unread: the connection is out of step, never reuse it.
-                with anyio.CancelScope(shield=True):
-                    await connection.disconnect()
-                raise
-            finally:
-                await pool.release(connection)
+                        await connection.send_packed_command(payload, check_health=False)
+                    except (redis_errors.ConnectionError, OSError):
+                        # Nothing was sent: safe to try once more, on a fresh connection (the
+                        # old one made stale by a Redis restart).
+                        await self._drop_connection()
+                        if attempt:
+                            raise
+                        continue
+                    replies: list[Any] = []
+                    for _ in commands:
+                        try:
+                            replies.append(await connection.read_response())
+                        except redis_errors.ResponseError as exc:
+                            replies.append(exc)
+                    return replies
+                except BaseException:
+                    # Replies may be left unread: the connection is out of step, never reuse it.
+                    with anyio.CancelScope(shield=True):
+                        await self._drop_connection()
+                    raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _connection(self) -> Connection:
+        """The writer's own connection (made on first use and after a failure): outside the
+        command pool, so a batch takes no pool lock, and without a socket timeout (see
+        :meth:`_pipeline`)."""
+        if self._held is None:
+            client = self._client()
+            assert isinstance(client, Redis)  # a cluster's writer sends its own way
+            pool = client.connection_pool
+            connection = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
+            assert isinstance(connection, Connection)
+            await connection.connect()  # type: ignore[no-untyped-call]
+            self._held = connection
+        return self._held
+
+    async def _drop_connection(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            await held.disconnect()
 
     def _resolve(self, command: Command, reply: Any) -> None:
         if isinstance(reply, Exception):
