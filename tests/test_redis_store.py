@@ -3,7 +3,9 @@ stand for two gateway processes. (The shared contract suite runs in ``test_store
 
 from __future__ import annotations
 
+import os
 import secrets
+import signal
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, aclosing
 
@@ -446,6 +448,33 @@ async def test_a_failed_append_fails_the_producers_next_call(redis_server: Redis
 
             with pytest.raises(StoreUnavailableError):
                 await append_until_it_fails()
+    finally:
+        server.stop()
+
+
+async def test_a_redis_that_stops_answering_fails_a_write_after_op_timeout() -> None:
+    """The writer's connection has no socket timeout of its own: its batch has one deadline,
+    ``op_timeout``. A Redis that hangs (here: stopped) fails the write with a 503's error
+    instead of holding every producer, and once it answers again the writer reconnects."""
+    server = RedisServer().start()  # one of its own, to stop
+    assert server.proc is not None
+    try:
+        config = RedisStoreConfig(url=server.url, op_timeout=0.5)
+        async with RedisStore(config) as store:
+            await store.create(sid(), model="m", provider="p")  # the writer is connected
+            os.kill(server.proc.pid, signal.SIGSTOP)
+            try:
+                started = anyio.current_time()
+                with anyio.fail_after(10), pytest.raises(StoreUnavailableError):
+                    await store.create(sid(), model="m", provider="p")
+                assert 0.4 < anyio.current_time() - started < 3.0
+            finally:
+                os.kill(server.proc.pid, signal.SIGCONT)
+            stream = sid()
+            with anyio.fail_after(10):
+                await store.create(stream, model="m", provider="p")
+                await store.append(stream, "delta", "{}")
+                assert [e.id for e in await store.read(stream)] == [1]
     finally:
         server.stop()
 
