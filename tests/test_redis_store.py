@@ -22,7 +22,7 @@ from ssegate.store import (
     StreamNotFoundError,
     StreamStatus,
 )
-from ssegate.store._redis_keys import stream_channels
+from ssegate.store._redis_keys import stream_channels, stream_keys
 from ssegate.store.redis import RedisStore, RedisStoreConfig
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
@@ -450,6 +450,39 @@ async def test_a_failed_append_fails_the_producers_next_call(redis_server: Redis
                 await append_until_it_fails()
     finally:
         server.stop()
+
+
+async def test_an_append_refreshes_the_timers_first_and_then_once_a_third_of_the_lease_passed(
+    redis_server: RedisServer,
+) -> None:
+    """The append script writes the lease and the keys' expiry with the stream's first event
+    (the events key has an expiry from its start: a dead producer leaks nothing) and then
+    only once a third of the lease has passed, not with every token."""
+    prefix = f"t{secrets.token_hex(4)}:"
+    config = RedisStoreConfig(url=redis_server.url, key_prefix=prefix, lease_ttl=30)
+    stream = sid()
+    meta, events, lease, _ = stream_keys(prefix, stream)
+    with Redis.from_url(redis_server.url) as admin:
+        async with RedisStore(config) as store:
+            await store.create(stream, model="m", provider="p")
+            await store.append(stream, "delta", "{}")
+            await store.read(stream)  # until Redis has it
+            assert admin.pttl(events) > 30_000  # lease + finished_ttl, from the first event
+            # Less than a third of the lease gone: the next append leaves the timers alone.
+            admin.pexpire(lease, 25_000)
+            admin.pexpire(meta, 26_000)
+            admin.pexpire(events, 26_000)
+            await store.append(stream, "delta", "{}")
+            await store.read(stream)
+            assert 0 < admin.pttl(lease) <= 25_000
+            assert 0 < admin.pttl(events) <= 26_000
+            # More than a third gone: the append renews the lease and both keys.
+            admin.pexpire(lease, 15_000)
+            await store.append(stream, "delta", "{}")
+            assert [e.id for e in await store.read(stream)] == [1, 2, 3]
+            assert admin.pttl(lease) > 25_000
+            assert admin.pttl(meta) > 30_000
+            assert admin.pttl(events) > 30_000
 
 
 async def test_a_redis_that_stops_answering_fails_a_write_after_op_timeout() -> None:

@@ -36,7 +36,7 @@ from ._redis_cluster import (
     connect_cluster,
 )
 from ._redis_keys import RedisStoreConfig, stream_channels, stream_keys
-from ._redis_scripts import script_sources
+from ._redis_scripts import APPEND_KEEPS_LEASE, script_sources
 from ._redis_watch import Watch
 from ._redis_writer import ScriptWriter
 
@@ -428,7 +428,8 @@ class RedisHub:
         if watch.local or watch.has(event_id):
             return
         if event not in TERMINAL_EVENTS:
-            watch.lease_deadline = time.monotonic() + self.lease_ttl  # an append renews it
+            # An append keeps the lease: for two thirds of lease_ttl at least.
+            watch.lease_deadline = time.monotonic() + self.lease_ttl * APPEND_KEEPS_LEASE
         watch.push(StoredEvent.build(event_id, event, data))
 
     # -- subscriber leases ---------------------------------------------------------------

@@ -3,7 +3,7 @@ it is atomic (see the module docstring of ``ssegate.store.redis``)."""
 
 from __future__ import annotations
 
-__all__ = ["SCRIPTS", "script_sources"]
+__all__ = ["APPEND_KEEPS_LEASE", "SCRIPTS", "script_sources"]
 
 # -- scripts ---------------------------------------------------------------------------------
 # Status codes: -1 = no such stream, -2 = the stream is finished. `TIME` before writes needs
@@ -34,27 +34,36 @@ return created
 # KEYS: meta, events, lease. ARGV: maxlen, lease_ms, keep_ms, data channel, the first id the
 # caller expects (0: any), then one or more (event, data) pairs, appended in order with
 # consecutive ids. Returns the first id; -3, appending nothing, if it is not the one expected.
+# The lease and the keys' expiry are refreshed with the first event (which makes the events
+# key) and then once a third of the lease has passed (APPEND_KEEPS_LEASE): not on every token,
+# where three timer writes were as many inner calls as the append itself.
 _APPEND = """
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return -1 end
-if st ~= 'running' then return -2 end
+local h = redis.call('HMGET', KEYS[1], 'status', 'last_id')
+if not h[1] then return -1 end
+if h[1] ~= 'running' then return -2 end
+local last = tonumber(h[2] or '0')
 local n = (#ARGV - 5) / 2
 local expected = tonumber(ARGV[5])
-if expected ~= 0 and tonumber(redis.call('HGET', KEYS[1], 'last_id') or '0') + 1 ~= expected then
-  return -3
-end
-local first = redis.call('HINCRBY', KEYS[1], 'last_id', n) - n + 1
-for i = 0, n - 1 do
-  local id = first + i
-  local e, d = ARGV[6 + 2 * i], ARGV[7 + 2 * i]
+if expected ~= 0 and last + 1 ~= expected then return -3 end
+redis.call('HSET', KEYS[1], 'last_id', last + n)
+for i = 1, n do
+  local id = last + i
+  local e, d = ARGV[4 + 2 * i], ARGV[5 + 2 * i]
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], id .. '-0', 'e', e, 'd', d)
   redis.call('PUBLISH', ARGV[4], id .. '\\n' .. e .. '\\n' .. d)
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('SET', KEYS[3], '1', 'PX', ARGV[2])
-return first
+local lease_ms = tonumber(ARGV[2])
+if last == 0 or redis.call('PTTL', KEYS[3]) < lease_ms - math.floor(lease_ms / 3) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+  redis.call('SET', KEYS[3], '1', 'PX', ARGV[2])
+end
+return last + 1
 """
+
+#: After an append, the producer's lease holds at least this share of ``lease_ttl`` (the
+#: append script refreshes it once a third has passed).
+APPEND_KEEPS_LEASE = 2 / 3
 
 # KEYS: meta, events, lease, subs. ARGV: status, data, maxlen, usage, error, cause, ttl_ms,
 # control channel, the highest id the caller has seen (the terminal event comes after it: a

@@ -25,6 +25,7 @@ from ._base import (
 )
 from ._errors import StoreError, StreamNotFoundError
 from ._redis_pubsub import RedisHub
+from ._redis_scripts import APPEND_KEEPS_LEASE
 from ._redis_watch import Watch
 
 __all__ = ["RedisWrites", "text"]
@@ -77,7 +78,8 @@ class RedisWrites(RedisHub):
         )
 
     async def append(self, stream_id: str, event: str, data: str) -> StoredEvent:
-        """Append a non-terminal event with the next id; renews the lease.
+        """Append a non-terminal event with the next id; the lease then holds for at least
+        two thirds of ``lease_ttl`` (the script renews it once a third has passed).
 
         The producer of a stream created here does not wait for Redis: its event gets the
         next id at once and goes out with the writer's next batch, so a producer appends many
@@ -103,7 +105,7 @@ class RedisWrites(RedisHub):
         stored = StoredEvent.build(self._check_id(result, "append"), event, data)
         self._events += 1
         if watch is not None:
-            watch.lease_deadline = time.monotonic() + self.lease_ttl
+            watch.lease_deadline = time.monotonic() + self.lease_ttl * APPEND_KEEPS_LEASE
             watch.push(stored)
         return stored
 
@@ -125,7 +127,7 @@ class RedisWrites(RedisHub):
         """The writer's news of appends that :meth:`_append_behind` queued, in order: each
         event goes to its followers here, or its error waits for the producer's next call."""
         touched: dict[str, Watch] = {}
-        deadline = time.monotonic() + self.lease_ttl
+        deadline = time.monotonic() + self.lease_ttl * APPEND_KEEPS_LEASE
         for call in calls:
             watch, stored = call.context
             watch.pending -= 1
