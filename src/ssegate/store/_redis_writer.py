@@ -22,6 +22,7 @@ and failures are mapped by the hub's ``translate``.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -139,6 +140,9 @@ class ScriptWriter:
         self._client = client
         self._timeout = timeout  # for one batch: sending it and reading every reply
         self._held: Connection | None = None  # see _connection
+        self._batch: list[_Call] = []  # the batch in flight
+        self._batch_started: float | None = None  # when it was sent (time.monotonic())
+        self._scope: anyio.CancelScope | None = None  # around the batches: see _watchdog
         self._scripts = scripts  # name -> redis-py Script (its sha and source)
         self._translate = translate
         self._queue: deque[_Call] = deque()
@@ -230,48 +234,83 @@ class ScriptWriter:
         _complete(failed)
 
     async def run(self) -> None:
-        """Send what is queued, batch after batch, until cancelled (then fail what is left)."""
-        batch: list[_Call] = []
+        """Send what is queued, batch after batch, until cancelled (then fail what is left).
+        A batch unanswered after ``timeout`` seconds is abandoned by the watchdog: its calls
+        fail with ``StoreUnavailableError`` and the next batch goes out on a new connection."""
         try:
-            while True:
-                while not self._queue:
-                    self._wake_idle()
-                    if self._ready.is_set():
-                        self._ready = anyio.Event()
-                    await self._ready.wait()
-                batch = []
-                commands = 0
-                streams: set[bytes] = set()  # appended to in this batch: one command each
-                while self._queue and len(batch) < MAX_CALLS:
-                    call = self._queue[0]
-                    if call.dropped:
-                        self._queue.popleft()
-                        continue
-                    if call.event is None or call.keys[1] not in streams:
-                        if commands == MAX_BATCH:
-                            break
-                        commands += 1
-                        if call.event is not None:
-                            streams.add(call.keys[1])
-                    self._queue.popleft()
-                    call.sent = True
-                    batch.append(call)
-                self._sending = True
-                try:
-                    await self._send(batch)
-                finally:
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._watchdog)
+                while True:
+                    with anyio.CancelScope() as self._scope:
+                        await self._send_batches()
+                    # The watchdog cancelled the batch in flight (its connection is dropped).
+                    batch, self._batch = self._batch, []
                     self._sending = False
-                batch = []
+                    error = StoreUnavailableError(
+                        f"Redis did not answer within {self._timeout:g} s"
+                    )
+                    log.warning("redis writer: %s", error)
+                    for call in batch:
+                        call.error = error
+                    _complete(batch)
         finally:
             with anyio.CancelScope(shield=True):
                 await self._drop_connection()
             self._wake_idle()
             closed = StoreUnavailableError("the store is closed")
-            left = [c for c in batch if c.owner is not None or (c.done and not c.done.is_set())]
+            left = [
+                c for c in self._batch if c.owner is not None or (c.done and not c.done.is_set())
+            ]
+            self._batch = []
             for call in left:
                 call.error = closed
             _complete(left)
             self.stop(closed)
+
+    async def _send_batches(self) -> None:
+        while True:
+            while not self._queue:
+                self._wake_idle()
+                if self._ready.is_set():
+                    self._ready = anyio.Event()
+                await self._ready.wait()
+            batch: list[_Call] = []
+            commands = 0
+            streams: set[bytes] = set()  # appended to in this batch: one command each
+            while self._queue and len(batch) < MAX_CALLS:
+                call = self._queue[0]
+                if call.dropped:
+                    self._queue.popleft()
+                    continue
+                if call.event is None or call.keys[1] not in streams:
+                    if commands == MAX_BATCH:
+                        break
+                    commands += 1
+                    if call.event is not None:
+                        streams.add(call.keys[1])
+                self._queue.popleft()
+                call.sent = True
+                batch.append(call)
+            self._batch = batch
+            self._batch_started = time.monotonic()
+            self._sending = True
+            try:
+                await self._send(batch)
+            finally:
+                self._sending = False
+            self._batch = []
+            self._batch_started = None
+
+    async def _watchdog(self) -> None:
+        """Cancel the batch in flight once it is ``timeout`` seconds old: one timer for the
+        writer, not one per batch (or per reply, as redis-py's socket timeout would)."""
+        while True:
+            await anyio.sleep(self._timeout / 4)
+            started = self._batch_started
+            if started is not None and time.monotonic() - started >= self._timeout:
+                self._batch_started = None
+                if self._scope is not None:
+                    self._scope.cancel()
 
     # -- one batch -----------------------------------------------------------------------
 
@@ -334,33 +373,32 @@ class ScriptWriter:
             )
             for command in commands
         )
-        # One deadline for the whole batch: the writer's connection has no socket timeout,
-        # which redis-py would otherwise arm and disarm around every single reply.
-        with anyio.fail_after(self._timeout):
-            for attempt in (0, 1):
-                connection = await self._connection()
+        # The writer's connection has no socket timeout, which redis-py would arm and disarm
+        # around every reply: the watchdog bounds the whole batch (see run()).
+        for attempt in (0, 1):
+            connection = await self._connection()
+            try:
                 try:
+                    await connection.send_packed_command(payload, check_health=False)
+                except (redis_errors.ConnectionError, OSError):
+                    # Nothing was sent: safe to try once more, on a fresh connection (the
+                    # old one made stale by a Redis restart).
+                    await self._drop_connection()
+                    if attempt:
+                        raise
+                    continue
+                replies: list[Any] = []
+                for _ in commands:
                     try:
-                        await connection.send_packed_command(payload, check_health=False)
-                    except (redis_errors.ConnectionError, OSError):
-                        # Nothing was sent: safe to try once more, on a fresh connection (the
-                        # old one made stale by a Redis restart).
-                        await self._drop_connection()
-                        if attempt:
-                            raise
-                        continue
-                    replies: list[Any] = []
-                    for _ in commands:
-                        try:
-                            replies.append(await connection.read_response())
-                        except redis_errors.ResponseError as exc:
-                            replies.append(exc)
-                    return replies
-                except BaseException:
-                    # Replies may be left unread: the connection is out of step, never reuse it.
-                    with anyio.CancelScope(shield=True):
-                        await self._drop_connection()
-                    raise
+                        replies.append(await connection.read_response())
+                    except redis_errors.ResponseError as exc:
+                        replies.append(exc)
+                return replies
+            except BaseException:
+                # Replies may be left unread: the connection is out of step, never reuse it.
+                with anyio.CancelScope(shield=True):
+                    await self._drop_connection()
+                raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _connection(self) -> Connection:
