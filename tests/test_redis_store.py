@@ -485,6 +485,30 @@ async def test_an_append_refreshes_the_timers_first_and_then_once_a_third_of_the
             assert admin.pttl(events) > 30_000
 
 
+async def test_followers_of_a_producer_here_that_stops_renewing_get_producer_lost(
+    redis_server: RedisServer,
+) -> None:
+    """Followers of a stream produced in this instance wait without a timer per event; if
+    its producer stops renewing the lease (a stuck job), they still end with producer_lost."""
+    config = RedisStoreConfig(
+        url=redis_server.url, key_prefix=f"t{secrets.token_hex(4)}:", lease_ttl=0.4
+    )
+    async with RedisStore(config) as store:
+        stream = sid()
+        await store.create(stream, model="m", provider="p")
+        await store.append(stream, "delta", "{}")
+        got: list[int] = []
+
+        async def follow() -> None:
+            async with aclosing(store.follow(stream)) as events:
+                async for event in events:
+                    got.append(event.id)
+
+        with anyio.fail_after(5), pytest.raises(ProducerLostError):
+            await follow()
+        assert got == [1]
+
+
 async def test_a_redis_that_stops_answering_fails_a_write_after_op_timeout() -> None:
     """The writer's connection has no socket timeout of its own: its batch has one deadline,
     ``op_timeout``. A Redis that hangs (here: stopped) fails the write with a 503's error

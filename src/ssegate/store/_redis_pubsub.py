@@ -157,6 +157,7 @@ class RedisHub:
         tg.start_soon(self._background, self._writer.run, name="ssegate redis writer")
         tg.start_soon(self._background, self._listen, name="ssegate redis pub/sub")
         tg.start_soon(self._background, self._renew_subscribers, name="ssegate redis renewals")
+        tg.start_soon(self._background, self._wake_lapsed, name="ssegate redis lapsed leases")
         return self
 
     async def __aexit__(
@@ -385,14 +386,14 @@ class RedisHub:
                 if entry is None:
                     continue
                 watch, _ = entry
-                first = not watch.confirmed
                 watch.confirmed.add(channel)
                 # Whatever was published before this took effect was missed: waiters re-read.
-                # A local producer's followers need no re-read at its first subscription (its
-                # events never come through pub/sub), which keeps them off Redis entirely.
+                # A local producer's followers never need to (its events never come through
+                # pub/sub; a lost connection bumps the epoch itself), which keeps them off
+                # Redis entirely, even when a follower's subscribe raced the producer's.
                 watch.wake_cancel()
                 watch.wake_subs()
-                if not (first and watch.local):
+                if not watch.local:
                     watch.epoch += 1
                     watch.wake_events()
 
@@ -431,6 +432,17 @@ class RedisHub:
             # An append keeps the lease: for two thirds of lease_ttl at least.
             watch.lease_deadline = time.monotonic() + self.lease_ttl * APPEND_KEEPS_LEASE
         watch.push(StoredEvent.build(event_id, event, data))
+
+    async def _wake_lapsed(self) -> None:
+        """Wake the followers of a producer here whose lease has lapsed (its job stopped
+        renewing it): they wait without a timer per event, so this sweep is what lets them
+        notice (within a quarter of ``lease_ttl``) and end with ``producer_lost``."""
+        while True:
+            await anyio.sleep(self.lease_ttl / 4)
+            now = time.monotonic()
+            for watch in list(self._watches.values()):
+                if watch.local and watch.lease_deadline < now:
+                    watch.wake_events()
 
     # -- subscriber leases ---------------------------------------------------------------
 

@@ -223,6 +223,7 @@ class RedisWrites(RedisHub):
             watch = self._watches.get(stream_id)
             if watch is not None and watch.local:
                 watch.local = False
+                watch.wake_events()  # its followers here watch the lease from now on
                 self._produced -= 1
                 with anyio.CancelScope(shield=True):
                     await self._release(watch)

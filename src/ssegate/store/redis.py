@@ -227,6 +227,11 @@ class RedisStore(RedisWrites, Store):
                 if left <= 0:
                     await self._check_lease(watch)
                     continue
+                if watch.local:
+                    # The producer is here: no timer per event. Its finish wakes us, whatever
+                    # its outcome, and so does the hub's sweep if its lease lapses.
+                    await changed.wait()
+                    continue
                 with anyio.move_on_after(left):
                     await changed.wait()
         finally:
