@@ -126,6 +126,30 @@ class LocalCluster:
                         return next(n for n in self.nodes if n.port == port)
         raise AssertionError(f"no node serves slot {slot}")
 
+    def move_slot(self, key: str | bytes) -> RedisServer:
+        """Move ``key``'s slot, keys and all, to another master, as ``redis-cli --cluster
+        reshard`` does (``IMPORTING``/``MIGRATING``, ``MIGRATE``, then ``SETSLOT … NODE`` on
+        every master); returns the new master."""
+        slot = key_slot(key.encode() if isinstance(key, str) else key)
+        source = self.master_of(key)
+        masters = []
+        for node in self.live():
+            with self.client(node) as c:
+                if c.execute_command("ROLE")[0] == b"master":
+                    masters.append(node)
+        target = next(node for node in masters if node is not source)
+        with self.client(source) as src, self.client(target) as dst:
+            src_id = src.execute_command("CLUSTER", "MYID")
+            dst_id = dst.execute_command("CLUSTER", "MYID")
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+            while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+                src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+        for node in [target, source, *(n for n in masters if n not in (source, target))]:
+            with self.client(node) as c:
+                c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+        return target
+
     def fail_over_by_kill(self, key: str | bytes, timeout: float = 30.0) -> RedisServer:
         """Kill the master of ``key``'s slot and wait until its replica serves the slot."""
         old = self.master_of(key)

@@ -154,3 +154,39 @@ async def test_a_follower_keeps_streaming_when_its_shards_pub_sub_connection_dro
                     await a.append(sid, "delta", "{}")
                 await a.finish(sid, StreamStatus.DONE, "{}")
         assert got == list(range(1, 23))
+
+
+async def test_a_stream_goes_on_when_its_slot_moves_to_another_master(
+    redis_cluster: LocalCluster,
+) -> None:
+    """Its keys move mid-stream: the writer's appends get ``ASK`` then ``MOVED`` from the old
+    master, go again through redis-py's routing, and land on the new one; followers here and
+    on another instance get every event once, in order."""
+    prefix = f"t{secrets.token_hex(4)}:"
+    config = RedisStoreConfig(url=redis_cluster.url, key_prefix=prefix, lease_ttl=60)
+    sid = "st_" + secrets.token_hex(4)
+    meta = stream_keys(prefix, sid)[0]
+    before = redis_cluster.master_of(meta)
+    async with RedisStore(config) as a, RedisStore(config) as b:
+        await a.create(sid, model="m", provider="p")
+        got: dict[str, list[int]] = {"a": [], "b": []}
+
+        async def follow(name: str, store: RedisStore) -> None:
+            async for batch in store.follow_batches(sid):
+                got[name].extend(e.id for e in batch)
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(follow, "a", a)
+                tg.start_soon(follow, "b", b)
+                for _ in range(5):
+                    await a.append(sid, "delta", "{}")
+                await a.read(sid)  # until Redis has them
+                after = await anyio.to_thread.run_sync(redis_cluster.move_slot, meta)
+                for _ in range(20):
+                    await a.append(sid, "delta", "{}")
+                await a.finish(sid, StreamStatus.DONE, "{}")
+        assert after is not before
+        assert redis_cluster.master_of(meta) is after
+        assert got == {"a": list(range(1, 27)), "b": list(range(1, 27))}
+        assert [e.id for e in await b.read(sid)] == list(range(1, 27))

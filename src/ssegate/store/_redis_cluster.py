@@ -9,8 +9,9 @@ of every node of the cluster.
 
 **Commands** go through redis-py's :class:`~redis.asyncio.cluster.RedisCluster`, which routes
 each by its key's slot and follows ``MOVED``/``ASK`` and failovers (refreshing its slot map).
-The writer's batches go through its pipeline (:class:`ClusterScriptWriter`), one request per
-shard.
+The writer's batches go out by hand, one request per master on a connection of the writer's
+own, and fall back to that client's pipeline for what needs its routing
+(:class:`ClusterScriptWriter`).
 
 **Sharded pub/sub** does not: redis-py's asyncio ``ClusterPubSub`` polls its per-node
 connections in turn, splitting the wait between them, so a message on one shard waits while
@@ -41,7 +42,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 
 from ._redis_keys import RedisStoreConfig, cluster_nodes
-from ._redis_writer import Command, ScriptWriter
+from ._redis_writer import Command, ScriptWriter, untimed
 
 __all__ = ["ClusterScriptWriter", "ShardListeners", "connect_cluster"]
 
@@ -73,45 +74,83 @@ def connect_cluster(config: RedisStoreConfig) -> RedisCluster:
 
 
 class ClusterScriptWriter(ScriptWriter):
-    """The writer of ``_redis_writer`` on a cluster: a batch is split by master, and each
-    master's part is sent with redis-py's cluster pipeline (which follows redirections), all
-    at once. A master that fails (it died and its replica is not serving yet) fails only the
-    calls of its own streams: the other shards' streams go on."""
+    """The writer of ``_redis_writer`` on a cluster: a batch is split by master, per the
+    client's slot map, and each master's part is sent at once, by hand on the writer's own
+    connection to it, as on a single server. Whatever that does not settle — a redirection
+    (``MOVED``/``ASK``: the slot map is stale), ``TRYAGAIN``/``CLUSTERDOWN``, a failed
+    connection — goes again through redis-py's cluster pipeline, which refreshes the slot map,
+    follows redirections and retries through a failover (a script that may have run already
+    is caught by its own checks: an append checks the id it expects). A master that fails
+    fails only the calls of its own streams: the other shards' streams go on."""
 
     async def _pipeline(self, commands: list[Command]) -> list[Any]:
         client = self._client()
         assert isinstance(client, RedisCluster)
-        shards: dict[str | None, list[int]] = {}
+        shards: dict[str | None, tuple[ClusterNode | None, list[int]]] = {}
         for index, command in enumerate(commands):
             try:
                 node = client.get_node_from_key(command.keys[0])  # type: ignore[arg-type]
             except redis_errors.RedisClusterException:  # the slot map is being refreshed
                 node = None
-            shards.setdefault(node.name if node is not None else None, []).append(index)
+            shards.setdefault(node.name if node is not None else None, (node, []))[1].append(index)
         replies: list[Any] = [None] * len(commands)
 
-        async def send(indexes: list[int]) -> None:
-            try:
-                async with client.pipeline(transaction=False) as pipe:
-                    for index in indexes:
-                        command = commands[index]
-                        pipe.execute_command(
-                            "EVALSHA",
-                            self._scripts[command.name].sha,
-                            len(command.keys),
-                            *command.keys,
-                            *command.args,
-                        )
-                    got: list[Any] = await pipe.execute(raise_on_error=False)
-            except (redis_errors.RedisError, redis_errors.RedisClusterException, OSError) as exc:
-                got = [exc] * len(indexes)
+        async def send(node: ClusterNode | None, indexes: list[int]) -> None:
+            got: list[Any] = [_NO_REPLY] * len(indexes)
+            if node is not None:
+                # The fast way: by hand, on the writer's own connection to that master.
+                try:
+                    got = await self._round_trip(
+                        node.name,
+                        lambda: untimed(node.connection_class, node.connection_kwargs),
+                        [commands[index] for index in indexes],
+                    )
+                except (redis_errors.RedisError, OSError):
+                    pass  # all of them again, redis-py's way
+            redo = [k for k, reply in enumerate(got) if _redo(reply)]
+            if redo:
+                redone = await self._cluster_pipeline(client, [commands[indexes[k]] for k in redo])
+                for k, reply in zip(redo, redone, strict=True):
+                    got[k] = reply
             for index, reply in zip(indexes, got, strict=True):
                 replies[index] = reply
 
         async with anyio.create_task_group() as group:
-            for indexes in shards.values():
-                group.start_soon(send, indexes)
+            for node, indexes in shards.values():
+                group.start_soon(send, node, indexes)
         return replies
+
+    async def _cluster_pipeline(self, client: RedisCluster, commands: list[Command]) -> list[Any]:
+        """``commands`` through redis-py's cluster pipeline, which refreshes the slot map,
+        follows ``MOVED``/``ASK`` and retries through a failover."""
+        try:
+            async with client.pipeline(transaction=False) as pipe:
+                for command in commands:
+                    pipe.execute_command(
+                        "EVALSHA",
+                        self._scripts[command.name].sha,
+                        len(command.keys),
+                        *command.keys,
+                        *command.args,
+                    )
+                got: list[Any] = await pipe.execute(raise_on_error=False)
+                return got
+        except (redis_errors.RedisError, redis_errors.RedisClusterException, OSError) as exc:
+            return [exc] * len(commands)
+
+
+_NO_REPLY = object()  # the fast way failed before this command's reply
+
+
+def _redo(reply: Any) -> bool:
+    """Whether a reply of the fast way means "try redis-py's way": no reply (the connection
+    failed), or the slot is elsewhere or in transit (then the script did not run)."""
+    return reply is _NO_REPLY or isinstance(
+        reply,
+        redis_errors.AskError  # and MovedError
+        | redis_errors.TryAgainError
+        | redis_errors.ClusterDownError,
+    )
 
 
 class ShardListeners:

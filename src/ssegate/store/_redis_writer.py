@@ -36,7 +36,7 @@ from redis.asyncio.connection import AbstractConnection as Connection
 
 from ._errors import StoreError, StoreUnavailableError
 
-__all__ = ["Command", "ScriptWriter"]
+__all__ = ["Command", "ScriptWriter", "untimed"]
 
 log = logging.getLogger("ssegate.store.redis")
 
@@ -139,7 +139,7 @@ class ScriptWriter:
     ) -> None:
         self._client = client
         self._timeout = timeout  # for one batch: sending it and reading every reply
-        self._held: Connection | None = None  # see _connection
+        self._held: dict[str, Connection] = {}  # a server's name -> see _connection
         self._batch: list[_Call] = []  # the batch in flight
         self._batch_started: float | None = None  # when it was sent (time.monotonic())
         self._scope: anyio.CancelScope | None = None  # around the batches: see _watchdog
@@ -359,6 +359,19 @@ class ScriptWriter:
                 _complete(batch)
 
     async def _pipeline(self, commands: list[Command]) -> list[Any]:
+        client = self._client()
+        assert isinstance(client, Redis)  # a cluster's writer sends its own way
+        pool = client.connection_pool
+        return await self._round_trip(
+            "", lambda: untimed(pool.connection_class, pool.connection_kwargs), commands
+        )
+
+    async def _round_trip(
+        self, key: str, make: Callable[[], Any], commands: list[Command]
+    ) -> list[Any]:
+        """Send ``commands`` as one pipeline on the writer's own connection ``key`` (made
+        by ``make`` on first use and after a failure) and read their replies; a reply that is
+        an error is returned, not raised."""
         # A pipeline by hand: redis-py's packs every argument through its generic encoder,
         # which was a quarter of the CPU an append cost; the calls here are all EVALSHA.
         payload = b"".join(
@@ -373,17 +386,15 @@ class ScriptWriter:
             )
             for command in commands
         )
-        # The writer's connection has no socket timeout, which redis-py would arm and disarm
-        # around every reply: the watchdog bounds the whole batch (see run()).
         for attempt in (0, 1):
-            connection = await self._connection()
+            connection = await self._connection(key, make)
             try:
                 try:
                     await connection.send_packed_command(payload, check_health=False)
                 except (redis_errors.ConnectionError, OSError):
                     # Nothing was sent: safe to try once more, on a fresh connection (the
                     # old one made stale by a Redis restart).
-                    await self._drop_connection()
+                    await self._drop_connection(key)
                     if attempt:
                         raise
                     continue
@@ -397,28 +408,29 @@ class ScriptWriter:
             except BaseException:
                 # Replies may be left unread: the connection is out of step, never reuse it.
                 with anyio.CancelScope(shield=True):
-                    await self._drop_connection()
+                    await self._drop_connection(key)
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _connection(self) -> Connection:
-        """The writer's own connection (made on first use and after a failure): outside the
-        command pool, so a batch takes no pool lock, and without a socket timeout (see
-        :meth:`_pipeline`)."""
-        if self._held is None:
-            client = self._client()
-            assert isinstance(client, Redis)  # a cluster's writer sends its own way
-            pool = client.connection_pool
-            connection = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
+    async def _connection(self, key: str, make: Callable[[], Any]) -> Connection:
+        """The writer's own connection ``key`` (one server's): outside the command pool, so
+        a batch takes no pool lock, and without a socket timeout, which redis-py would arm
+        and disarm around every reply (the watchdog bounds a whole batch, see :meth:`run`)."""
+        connection = self._held.get(key)
+        if connection is None:
+            connection = make()
             assert isinstance(connection, Connection)
             await connection.connect()  # type: ignore[no-untyped-call]
-            self._held = connection
-        return self._held
+            self._held[key] = connection
+        return connection
 
-    async def _drop_connection(self) -> None:
-        held, self._held = self._held, None
-        if held is not None:
-            await held.disconnect()
+    async def _drop_connection(self, key: str | None = None) -> None:
+        """Close the writer's connection ``key`` (all of them if ``None``)."""
+        keys = list(self._held) if key is None else [key]
+        for name in keys:
+            connection = self._held.pop(name, None)
+            if connection is not None:
+                await connection.disconnect()
 
     def _resolve(self, command: Command, reply: Any) -> None:
         if isinstance(reply, Exception):
@@ -441,6 +453,12 @@ class ScriptWriter:
         except StoreError as error:
             return error
         return StoreUnavailableError(f"Redis is unavailable: {exc}")  # pragma: no cover
+
+
+def untimed(connection_class: type[Any], kwargs: dict[str, Any]) -> Any:
+    """A new connection of ``connection_class`` made with ``kwargs`` (a pool's or a cluster
+    node's), but without a socket timeout: for the writer (see ``ScriptWriter._connection``)."""
+    return connection_class(**{**kwargs, "socket_timeout": None})
 
 
 def _pack(parts: list[Any]) -> bytes:
